@@ -1,0 +1,354 @@
+//! Parsing and validating query strings of list endpoints.
+//!
+//! Kommo's brackets syntax (`filter[id][]=1&filter[id][]=2`, `order[updated_at]=desc`) repeats
+//! keys, so the query is read as ordered pairs rather than a map. Invalid values give the 400
+//! a client would get from Kommo; unknown parameters are ignored, as Kommo ignores them.
+
+use std::collections::HashSet;
+
+use crate::entity::Entity;
+use crate::events::EventFilter;
+use crate::problem;
+use crate::store::{ListFilter, SortField};
+
+/// Kommo's page size cap.
+pub const MAX_LIMIT: i64 = 250;
+/// Events: the largest limit that works; above it Kommo silently serves 50.
+pub const EVENTS_MAX_LIMIT: i64 = 100;
+
+/// Decoded `key=value` pairs in request order.
+pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Re-encodes pairs for `_links` hrefs, leaving brackets readable as Kommo does.
+pub fn encode(pairs: &[(String, String)]) -> String {
+    fn enc(s: &str) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'~'
+                | b'['
+                | b']'
+                | b',' => out.push(b as char),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Key identifying "the same query" for the repeated-query counter.
+pub fn query_key(
+    method: &str,
+    path: &str,
+    pairs: &[(String, String)],
+    ims: Option<&str>,
+) -> String {
+    let mut sorted = pairs.to_vec();
+    sorted.sort();
+    format!(
+        "{method} {path}?{}|ims={}",
+        encode(&sorted),
+        ims.unwrap_or("")
+    )
+}
+
+/// A rejected query parameter; becomes Kommo's 400 with `validation-errors`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub path: String,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Invalid {
+    fn new(path: &str, code: &'static str, detail: impl Into<String>) -> Invalid {
+        Invalid {
+            path: path.to_string(),
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// The 400 response.
+    pub fn response(&self) -> axum::response::Response {
+        problem::validation(&self.path, self.code, &self.detail)
+    }
+}
+
+/// Page and limit of a paged request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paging {
+    pub page: i64,
+    pub limit: i64,
+}
+
+/// A validated entity list request.
+#[derive(Clone, Debug)]
+pub struct ListParams {
+    pub paging: Paging,
+    pub filter: ListFilter,
+}
+
+fn int(key: &str, v: &str) -> Result<i64, Invalid> {
+    v.trim().parse::<i64>().map_err(|_| {
+        Invalid::new(
+            key,
+            "InvalidType",
+            format!("{key} must be an integer, got {v:?}"),
+        )
+    })
+}
+
+/// `page` and `limit` with Kommo's bounds (limit 1..=max, default 50).
+pub fn paging(pairs: &[(String, String)], max_limit: i64) -> Result<Paging, Invalid> {
+    let mut p = Paging { page: 1, limit: 50 };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "page" if !v.is_empty() => {
+                p.page = int("page", v)?;
+                if p.page < 1 {
+                    return Err(Invalid::new(
+                        "page",
+                        "RangeError",
+                        "page must be 1 or greater",
+                    ));
+                }
+            }
+            "limit" if !v.is_empty() => {
+                p.limit = int("limit", v)?;
+                if !(1..=max_limit).contains(&p.limit) {
+                    return Err(Invalid::new(
+                        "limit",
+                        "RangeError",
+                        format!("limit must be between 1 and {max_limit}"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Splits `filter[FIELD][SUB]` into (FIELD, Some(SUB)) or `filter[FIELD]` into (FIELD, None).
+fn filter_key(k: &str) -> Option<(&str, Option<&str>)> {
+    let rest = k.strip_prefix("filter[")?;
+    let (field, tail) = rest.split_once(']')?;
+    if tail.is_empty() {
+        return Some((field, None));
+    }
+    let sub = tail.strip_prefix('[')?.strip_suffix(']')?;
+    Some((field, Some(sub)))
+}
+
+fn ids(key: &str, v: &str) -> Result<Vec<i64>, Invalid> {
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| int(key, s))
+        .collect()
+}
+
+/// Inclusive time range from `filter[F][from]`, `filter[F][to]` and `filter[F]=X`.
+fn range(
+    (lo, hi): (&mut Option<i64>, &mut Option<i64>),
+    key: &str,
+    sub: Option<&str>,
+    v: &str,
+) -> Result<(), Invalid> {
+    let x = int(key, v)?;
+    let tighten_lo = |lo: &mut Option<i64>| *lo = Some(lo.map_or(x, |l| l.max(x)));
+    let tighten_hi = |hi: &mut Option<i64>| *hi = Some(hi.map_or(x, |h| h.min(x)));
+    match sub {
+        Some("from") => tighten_lo(lo),
+        Some("to") => tighten_hi(hi),
+        None => {
+            tighten_lo(lo);
+            tighten_hi(hi);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses a list request for `e`.
+pub fn list_params(e: Entity, pairs: &[(String, String)]) -> Result<ListParams, Invalid> {
+    let paging = paging(pairs, MAX_LIMIT)?;
+    let mut f = ListFilter::default();
+    let mut id_set: Option<HashSet<i64>> = None;
+    for (k, v) in pairs {
+        if v.is_empty() {
+            continue;
+        }
+        if let Some((field, sub)) = filter_key(k) {
+            match field {
+                "id" => id_set.get_or_insert_with(HashSet::new).extend(ids(k, v)?),
+                "updated_at" => range((&mut f.updated_from, &mut f.updated_to), k, sub, v)?,
+                "created_at" => range((&mut f.created_from, &mut f.created_to), k, sub, v)?,
+                _ => {} // other filters are not emulated: ignored
+            }
+        } else if let Some(field) = k.strip_prefix("order[").and_then(|r| r.strip_suffix(']')) {
+            let allowed: &[&str] = if e.can_order_by_updated_at() {
+                &["updated_at", "created_at", "id"]
+            } else {
+                &["created_at", "complete_till", "id"]
+            };
+            let sort = match field {
+                "updated_at" if e.can_order_by_updated_at() => SortField::UpdatedAt,
+                "created_at" => SortField::CreatedAt,
+                "id" => SortField::Id,
+                "complete_till" if e == Entity::Tasks => SortField::CompleteTill,
+                _ => {
+                    return Err(Invalid::new(
+                        k,
+                        "NotSupportedChoice",
+                        format!(
+                            "{} cannot be ordered by {field:?}; allowed: {}",
+                            e.as_str(),
+                            allowed.join(", ")
+                        ),
+                    ))
+                }
+            };
+            let desc = match v.to_ascii_lowercase().as_str() {
+                "asc" => false,
+                "desc" => true,
+                _ => {
+                    return Err(Invalid::new(
+                        k,
+                        "NotSupportedChoice",
+                        format!("order direction must be asc or desc, got {v:?}"),
+                    ))
+                }
+            };
+            f.order.retain(|(s, _)| *s != sort);
+            f.order.push((sort, desc));
+        }
+    }
+    f.ids = id_set;
+    Ok(ListParams { paging, filter: f })
+}
+
+/// Parses an events request. A limit above 100 silently becomes 50, as on Kommo.
+pub fn event_params(pairs: &[(String, String)]) -> Result<(Paging, EventFilter), Invalid> {
+    let capped: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| {
+            if k == "limit" && v.trim().parse::<i64>().is_ok_and(|l| l > EVENTS_MAX_LIMIT) {
+                (k.clone(), "50".to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let paging = paging(&capped, EVENTS_MAX_LIMIT)?;
+    let mut f = EventFilter::default();
+    fn list(v: &str) -> impl Iterator<Item = String> + '_ {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+    for (k, v) in pairs {
+        if v.is_empty() {
+            continue;
+        }
+        if let Some((field, sub)) = filter_key(k) {
+            match field {
+                "type" => f.types.get_or_insert_with(Vec::new).extend(list(v)),
+                "id" => f.ids.get_or_insert_with(Vec::new).extend(list(v)),
+                "entity" => {
+                    for name in list(v) {
+                        let e: Entity = name
+                            .parse()
+                            .map_err(|m: String| Invalid::new(k, "NotSupportedChoice", m))?;
+                        f.entities.get_or_insert_with(Vec::new).push(e);
+                    }
+                }
+                "created_at" => range((&mut f.created_from, &mut f.created_to), k, sub, v)?,
+                _ => {}
+            }
+        } else if k == "order[created_at]" || k == "order[id]" {
+            f.ascending = v.eq_ignore_ascii_case("asc");
+        }
+    }
+    Ok((paging, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(q: &str) -> Vec<(String, String)> {
+        pairs(Some(q))
+    }
+
+    #[test]
+    fn parses_brackets_and_repeats() {
+        let lp = list_params(
+            Entity::Leads,
+            &p("filter%5Bid%5D%5B%5D=5&filter[id][]=7&filter[updated_at][from]=10&filter[updated_at][to]=20&order[updated_at]=desc&limit=250&page=2"),
+        )
+        .unwrap();
+        assert_eq!(
+            lp.paging,
+            Paging {
+                page: 2,
+                limit: 250
+            }
+        );
+        assert_eq!(lp.filter.ids, Some([5, 7].into_iter().collect()));
+        assert_eq!(
+            (lp.filter.updated_from, lp.filter.updated_to),
+            (Some(10), Some(20))
+        );
+        assert_eq!(lp.filter.order, vec![(SortField::UpdatedAt, true)]);
+        let exact = list_params(Entity::Tasks, &p("filter[updated_at]=15")).unwrap();
+        assert_eq!(
+            (exact.filter.updated_from, exact.filter.updated_to),
+            (Some(15), Some(15))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_limits_and_orders() {
+        let path = |e, q| list_params(e, &p(q)).unwrap_err().path;
+        assert_eq!(path(Entity::Leads, "limit=251"), "limit");
+        assert_eq!(path(Entity::Leads, "limit=0"), "limit");
+        assert_eq!(
+            path(Entity::Tasks, "order[updated_at]=asc"),
+            "order[updated_at]"
+        );
+        assert_eq!(
+            path(Entity::Leads, "order[complete_till]=asc"),
+            "order[complete_till]"
+        );
+        assert_eq!(path(Entity::Leads, "order[id]=up"), "order[id]");
+        assert!(list_params(Entity::Tasks, &p("order[complete_till]=asc&foo=bar")).is_ok());
+    }
+
+    #[test]
+    fn events_limit_above_100_becomes_50() {
+        let (pg, _) = event_params(&p("limit=250")).unwrap();
+        assert_eq!(pg.limit, 50);
+        let (pg, _) = event_params(&p("limit=100")).unwrap();
+        assert_eq!(pg.limit, 100);
+    }
+}
