@@ -1,0 +1,235 @@
+//! Wiring: settings → store (migrated) → Kommo client → engine. `App::build` returns a value
+//! that the commands use; `run_until_stopped` is the daemon.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::kommo::{KommoClient, KommoSource};
+use crate::metrics::Metrics;
+use crate::server::Health;
+use crate::store::Store;
+use crate::sync::engine::ProgressFn;
+use crate::sync::scheduler::{run_schedules, Schedule};
+use crate::sync::{EngineSettings, RunReport, SyncEngine, SyncError};
+
+/// How long shutdown waits for runs to finish their page before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+pub struct App {
+    pub settings: Settings,
+    pub store: Store,
+    pub client: Arc<KommoClient>,
+    pub engine: Arc<SyncEngine<KommoSource>>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the schedule runs; `/readyz` is unready before.
+    pub scheduled: Arc<AtomicBool>,
+    /// Fires on SIGTERM/SIGINT (or when a test says so): waits and requests end early,
+    /// and no new page is started.
+    pub cancel: CancellationToken,
+}
+
+impl App {
+    /// Connects to Postgres, applies migrations and prepares the client. Sends nothing to
+    /// Kommo.
+    pub async fn build(settings: Settings, cancel: CancellationToken) -> anyhow::Result<App> {
+        Self::build_with(settings, cancel, None).await
+    }
+
+    /// Like [`App::build`], with a progress callback for interactive runs.
+    pub async fn build_with(
+        settings: Settings,
+        cancel: CancellationToken,
+        progress: Option<ProgressFn>,
+    ) -> anyhow::Result<App> {
+        let store = Store::connect(&settings.database).await?;
+        store.migrate().await?;
+        let metrics = Arc::new(Metrics::new());
+        let client = Arc::new(
+            KommoClient::new(
+                &settings.kommo,
+                cancel.clone(),
+                metrics.clone(),
+                store.clone(),
+            )
+            .context("building the HTTP client")?,
+        );
+        let source = Arc::new(KommoSource::new(client.clone()));
+        let politeness = client.politeness().clone();
+        let mut engine = SyncEngine::new(
+            source,
+            store.clone(),
+            settings.kommo.account_key(),
+            EngineSettings {
+                lag_secs: settings.sync.lag_secs,
+                parallelism: settings.sync.parallelism,
+                page_size: settings.kommo.page_size,
+            },
+        )
+        .with_ban_probe(Arc::new(move || politeness.snapshot().banned_until))
+        .with_metrics(metrics.clone());
+        if let Some(p) = progress {
+            engine = engine.with_progress(p);
+        }
+        Ok(App {
+            settings,
+            store,
+            client,
+            engine: Arc::new(engine),
+            metrics,
+            scheduled: Arc::new(AtomicBool::new(false)),
+            cancel,
+        })
+    }
+
+    /// What the side server's endpoints look at.
+    pub fn health(&self) -> Health {
+        Health {
+            store: self.store.clone(),
+            politeness: self.client.politeness().clone(),
+            metrics: self.metrics.clone(),
+            scheduled: self.scheduled.clone(),
+        }
+    }
+
+    /// One pass over `streams` (all enabled ones when empty), side by side under the shared
+    /// rate limit. Every stream runs even if another fails; the first failure is returned.
+    pub async fn sync_once(
+        &self,
+        streams: &[String],
+        full: bool,
+    ) -> Result<Vec<RunReport>, SyncError> {
+        let names: Vec<String> = if streams.is_empty() {
+            self.settings.enabled_streams()
+        } else {
+            streams.to_vec()
+        };
+        for n in &names {
+            self.engine.stream(n)?;
+        }
+        let runs = names
+            .iter()
+            .map(|n| self.engine.run_stream(n, full, &self.cancel));
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for r in futures::future::join_all(runs).await {
+            match r {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+
+    /// The daemon: the side server (if configured) and scheduled runs of every enabled
+    /// stream, until `cancel` fires.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let schedules: Vec<Schedule> = self
+            .settings
+            .streams
+            .iter()
+            .filter(|(_, s)| s.enabled)
+            .map(|(name, s)| Schedule {
+                stream: name.clone(),
+                cron: s.schedule.clone(),
+            })
+            .collect();
+        if schedules.is_empty() {
+            anyhow::bail!(
+                "no stream is enabled: set streams.<name>.enabled = true for at least one stream"
+            );
+        }
+        tracing::info!(
+            account = self.engine.account(),
+            streams = schedules.len(),
+            "kommo-sync running"
+        );
+        let server = match self.settings.server_listen {
+            Some(addr) => {
+                let (_, handle) = crate::server::start(addr, self.health(), self.cancel.clone())
+                    .await
+                    .with_context(|| {
+                        format!("starting the side server on {addr} (server.listen)")
+                    })?;
+                Some(handle)
+            }
+            None => None,
+        };
+        let (scheduled, health, cancel) =
+            (self.scheduled.clone(), self.health(), self.cancel.clone());
+        let on_ready = move || {
+            scheduled.store(true, Ordering::Relaxed);
+            // systemd (Type=notify): ready once migrations are applied and the schedule runs.
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            if let Some(every) = sd_notify::watchdog_enabled() {
+                tokio::spawn(watchdog(health, every / 2, cancel));
+            }
+        };
+        let result = run_schedules(
+            self.engine.clone(),
+            schedules,
+            self.settings.sync.run_at_startup,
+            self.cancel.clone(),
+            Box::new(on_ready),
+        )
+        .await
+        .context("running the schedule");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        result?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Pings systemd's watchdog while the database answers: a daemon that cannot reach its
+/// database is restarted by systemd after WatchdogSec.
+async fn watchdog(health: Health, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match tokio::time::timeout(Duration::from_secs(5), health.store.ping()).await {
+            Ok(Ok(())) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ => tracing::warn!("database unreachable: withholding the systemd watchdog ping"),
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

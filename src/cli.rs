@@ -1,0 +1,422 @@
+//! Command line: what each command does, and how it reports.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{shutdown_signal, App, SHUTDOWN_GRACE};
+use crate::config::Settings;
+use crate::kommo::KommoSource;
+use crate::store::state::StreamStatus;
+use crate::store::Store;
+use crate::sync::cursor::StoredCursor;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kommo-sync",
+    version,
+    about = "Mirror a Kommo CRM account into PostgreSQL, incrementally and politely",
+    long_about = "Mirror a Kommo CRM account (leads, contacts, companies, tasks) into PostgreSQL, \
+incrementally and within Kommo's rate limit (7 requests per second).\n\n\
+Settings come from config/default.toml (built in), then the file given with --config, then \
+environment variables KOMMO_SYNC__SECTION__KEY (e.g. KOMMO_SYNC__KOMMO__SUBDOMAIN=mycompany, \
+KOMMO_SYNC__KOMMO__TOKEN=..., KOMMO_SYNC__DATABASE__URL=postgres://...)."
+)]
+pub struct Cli {
+    /// TOML file with settings that override the defaults (see config/default.toml).
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "KOMMO_SYNC_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: each enabled stream on its cron schedule, until SIGTERM or SIGINT.
+    Run,
+    /// One pass over the streams, then exit (non-zero if any stream failed).
+    Sync {
+        /// Stream to sync (repeat for several): leads, contacts, companies, tasks.
+        /// Default: every enabled stream.
+        #[arg(long = "stream", short = 's', value_name = "NAME", value_parser = ["leads", "contacts", "companies", "tasks"])]
+        streams: Vec<String>,
+        /// Start from scratch instead of the stored cursor. Rows are re-read and upserted;
+        /// nothing is deleted.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Show each stream's cursor, last success, last error and row count.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the settings, reach PostgreSQL, and make one request to the Kommo API.
+    Check,
+    /// OAuth 2.0 (kommo.auth = "oauth"): store the first token pair, or show the stored one.
+    Auth {
+        #[command(subcommand)]
+        action: AuthAction,
+    },
+    /// Mirror a generated account from the built-in Kommo simulator into PostgreSQL (schema
+    /// `kommo_demo`), then print example queries. Needs no Kommo credentials.
+    Demo {
+        #[arg(long, default_value_t = 3000)]
+        leads: usize,
+        #[arg(long, default_value_t = 2000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 600)]
+        companies: usize,
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        /// Schema for the demo's tables; keep it apart from a real mirror.
+        #[arg(long, default_value = "kommo_demo")]
+        schema: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthAction {
+    /// Trade an authorization code (from the integration's page in Kommo; valid 20 minutes)
+    /// for the first access and refresh tokens, and store them in the database.
+    Exchange {
+        #[arg(long)]
+        code: String,
+    },
+    /// Show the auth mode, when the access token expires and how old the refresh token is.
+    /// Never prints a token.
+    Status,
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Demo {
+        leads,
+        contacts,
+        companies,
+        tasks,
+        schema,
+    } = cli.command
+    {
+        crate::telemetry::init(crate::config::LogFormat::Text, "warn");
+        let opts = crate::demo::DemoOptions {
+            leads,
+            contacts,
+            companies,
+            tasks,
+            schema,
+        };
+        return match crate::demo::run(cli.config.as_deref(), opts).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    match execute(cli.command, settings).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error.cause_chain = ?e, error.message = %e, "failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate => {
+            let store = Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            println!("migrations applied to schema `{}`", store.schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let store = Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            let rows = store.status(&settings.kommo.account_key()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status_table(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            println!("settings: ok ({})", settings.kommo.base_url);
+            let app = App::build(settings, CancellationToken::new()).await?;
+            println!("database: ok (schema `{}` migrated)", app.store.schema());
+            let account = KommoSource::new(app.client.clone())
+                .account()
+                .await
+                .context("Kommo API")?;
+            println!(
+                "kommo: ok (account {} \"{}\")",
+                account.get("id").map(|v| v.to_string()).unwrap_or_default(),
+                account.get("name").and_then(|v| v.as_str()).unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { streams, full } => {
+            let cancel = CancellationToken::new();
+            let shown = if streams.is_empty() {
+                settings.enabled_streams()
+            } else {
+                streams.clone()
+            };
+            let app = App::build_with(settings, cancel.clone(), progress_display(&shown)).await?;
+            tokio::spawn({
+                let cancel = cancel.clone();
+                async move {
+                    shutdown_signal().await;
+                    cancel.cancel();
+                }
+            });
+            let result = app.sync_once(&streams, full).await;
+            match result {
+                Ok(reports) => {
+                    for r in &reports {
+                        println!(
+                            "{:<10} requests {:>5}  pages {:>5}  rows seen {:>7}  written {:>7}{}",
+                            r.stream,
+                            r.counts.requests,
+                            r.counts.pages,
+                            r.counts.rows_seen,
+                            r.counts.rows_written,
+                            if r.cancelled { "  (stopped early)" } else { "" }
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Demo { .. } => unreachable!("handled before settings are loaded"),
+        Command::Auth { action } => auth_command(action, settings).await,
+        Command::Run => {
+            let cancel = CancellationToken::new();
+            let app = App::build(settings, cancel.clone()).await?;
+            let daemon = tokio::spawn(app.run_until_stopped());
+            shutdown_signal().await;
+            cancel.cancel();
+            match tokio::time::timeout(SHUTDOWN_GRACE, daemon).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(join)) => return Err(join.into()),
+                Err(_) => tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "runs did not stop in time; exiting (uncommitted pages are rolled back)"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn auth_command(action: AuthAction, settings: Settings) -> anyhow::Result<ExitCode> {
+    let oauth = matches!(settings.kommo.auth, crate::config::AuthSettings::OAuth(_));
+    match action {
+        AuthAction::Exchange { code } => {
+            if !oauth {
+                eprintln!(
+                    "error: kommo.auth is \"long_lived_token\"; set kommo.auth = \"oauth\" \
+                     (KOMMO_SYNC__KOMMO__AUTH=oauth) and the [oauth] settings first"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let app = App::build(settings, CancellationToken::new()).await?;
+            let crate::kommo::auth::Auth::OAuth(o) = app.client.auth() else {
+                unreachable!("checked above")
+            };
+            let expires_in = o.exchange(&code).await?;
+            println!(
+                "tokens stored for {}; the access token is valid for {} and is refreshed automatically",
+                app.settings.kommo.account_key(),
+                human_duration(expires_in)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuthAction::Status => {
+            if !oauth {
+                println!("auth: long-lived token (kommo.token); nothing is stored or refreshed");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let store = Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            let account = settings.kommo.account_key();
+            match store.load_tokens(&account).await? {
+                None => {
+                    println!("auth: oauth; no tokens stored for {account}: run `kommo-sync auth exchange --code CODE`");
+                    Ok(ExitCode::FAILURE)
+                }
+                Some(t) => {
+                    let expiry = if t.expires_in_secs >= 0.0 {
+                        format!("in {}", human_duration(t.expires_in_secs as i64))
+                    } else {
+                        format!(
+                            "{} ago (refreshed on next use)",
+                            human_duration(-t.expires_in_secs as i64)
+                        )
+                    };
+                    println!("auth:          oauth ({account})");
+                    println!(
+                        "state:         {}",
+                        if t.state == "ok" {
+                            "ok"
+                        } else {
+                            "locked out (refresh token revoked)"
+                        }
+                    );
+                    println!(
+                        "access token:  expires {} ({expiry})",
+                        t.access_expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                    println!(
+                        "refresh token: issued {} ({} old; Kommo keeps it about 3 months)",
+                        t.refresh_issued_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        human_duration((Utc::now() - t.refresh_issued_at).num_seconds())
+                    );
+                    if let Some(e) = &t.last_error {
+                        println!("last error:    {e}");
+                    }
+                    Ok(if t.state == "ok" {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Human name of a stream state, as the status table shows it.
+fn state_name(state: &str) -> &str {
+    match state {
+        "backing_off" => "backing off",
+        "locked_out" => "locked out",
+        other => other,
+    }
+}
+
+/// The `status` table: one line per stream. Lag is how far the mirror is behind now.
+pub fn status_table(rows: &[StreamStatus]) -> String {
+    if rows.is_empty() {
+        return "no stream has run yet\n".into();
+    }
+    let mut out = format!(
+        "{:<10} {:<24} {:<19} {:>8} {:<19} {:>9}  {}\n",
+        "STREAM", "STATE", "SYNCED UP TO (UTC)", "LAG", "LAST SUCCESS", "ROWS", "LAST ERROR"
+    );
+    for r in rows {
+        let upto = match serde_json::from_value::<StoredCursor>(r.cursor.clone()) {
+            Ok(StoredCursor::V1(c)) => {
+                let upto = c
+                    .pending
+                    .iter()
+                    .map(|s| s.from - 1)
+                    .fold(c.watermark, i64::min);
+                DateTime::from_timestamp(upto, 0).filter(|_| upto >= 0)
+            }
+            Err(_) => None,
+        };
+        let lag = upto
+            .map(|u| human_duration((Utc::now() - u).num_seconds()))
+            .unwrap_or_else(|| "-".into());
+        let mut state = state_name(&r.state).to_string();
+        if let Some(until) = r.blocked_until.filter(|u| *u > Utc::now()) {
+            state = format!("{state} until {}", until.format("%H:%M:%S"));
+        }
+        let error = r
+            .last_error
+            .as_deref()
+            .map(|e| e.chars().take(100).collect::<String>())
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<10} {:<24} {:<19} {:>8} {:<19} {:>9}  {}\n",
+            r.stream,
+            state,
+            when(upto),
+            lag,
+            when(r.last_success_at),
+            r.rows,
+            error
+        ));
+    }
+    out
+}
+
+fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// Spinners for an interactive `sync`: one line per stream with rows and requests per second.
+/// Nothing is drawn when stderr is not a terminal.
+fn progress_display(streams: &[String]) -> Option<crate::sync::engine::ProgressFn> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::collections::HashMap;
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let multi = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{spinner} {prefix:<10} {msg}").expect("valid template");
+    let started = std::time::Instant::now();
+    let bars: HashMap<String, ProgressBar> = streams
+        .iter()
+        .map(|s| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(s.clone());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            (s.clone(), bar)
+        })
+        .collect();
+    Some(std::sync::Arc::new(
+        move |stream: &str, c: &crate::store::state::RunCounts| {
+            if let Some(bar) = bars.get(stream) {
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!(
+                    "{:>8} rows  {:>5} requests  {:>6.0} rows/s  {:>4.1} req/s",
+                    c.rows_seen,
+                    c.requests,
+                    c.rows_seen as f64 / secs,
+                    c.requests as f64 / secs
+                ));
+            }
+        },
+    ))
+}

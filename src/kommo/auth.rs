@@ -1,0 +1,386 @@
+//! Authentication: a long-lived token, or OAuth 2.0 with single-use refresh tokens that can
+//! never be lost.
+//!
+//! # Why a refresh token cannot be lost here
+//! Kommo revokes a refresh token the moment it issues the next pair. So:
+//! - the refresh happens while holding `SELECT … FOR UPDATE` on the account's row in
+//!   `oauth_tokens`: two workers or two daemons never spend the same refresh token; the
+//!   second one waits, then finds the new pair and uses it;
+//! - the new pair is written and committed right after the answer arrives, with no other
+//!   work in between.
+//!
+//! The one window left is the HTTP round trip itself: if the process dies after Kommo
+//! issued the pair but before the commit (or the answer is lost on the way), the stored
+//! refresh token is already revoked, and a human must re-authorize (`auth exchange`).
+//! Nothing in this program can shrink that further; the tests show it is exactly that one
+//! step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::error::KommoError;
+use super::rate_limit::Politeness;
+use crate::config::OAuthSettings;
+use crate::store::tokens::TokenRow;
+use crate::store::Store;
+
+/// Steps of a refresh, where tests inject a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshStep {
+    BeforeCall,
+    AfterResponse,
+    BeforeCommit,
+    AfterCommit,
+}
+
+/// Test hook: returning `Err` at a step makes the refresh stop there, as a crash would
+/// (an open transaction is rolled back).
+pub type RefreshHook = Arc<dyn Fn(RefreshStep) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+pub enum Auth {
+    LongLived(SecretString),
+    OAuth(Arc<OAuth>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::LongLived(_) => f.write_str("Auth::LongLived([redacted])"),
+            Auth::OAuth(o) => write!(f, "Auth::OAuth(client_id: {})", o.settings.client_id),
+        }
+    }
+}
+
+impl Auth {
+    /// The token to send now, refreshed first if it is about to expire.
+    pub async fn bearer(&self) -> Result<SecretString, KommoError> {
+        match self {
+            Auth::LongLived(t) => Ok(t.clone()),
+            Auth::OAuth(o) => o.bearer().await,
+        }
+    }
+
+    /// After a 401: whether a fresh token is now available to retry with (OAuth only).
+    pub async fn renew_after_401(&self, used: &SecretString) -> Result<bool, KommoError> {
+        match self {
+            Auth::LongLived(_) => Ok(false),
+            Auth::OAuth(o) => o.renew_after_401(used).await.map(|_| true),
+        }
+    }
+}
+
+struct Cached {
+    access: SecretString,
+    /// When to stop using it and look at the database again (refresh margin included).
+    due: Instant,
+}
+
+/// Answer of the token endpoint.
+struct Pair {
+    access: String,
+    refresh: String,
+    expires_in: i64,
+}
+
+pub struct OAuth {
+    store: Store,
+    account: String,
+    settings: OAuthSettings,
+    token_url: Url,
+    http: reqwest::Client,
+    /// The same limiter as the API requests: the token endpoint is on the same host.
+    politeness: Arc<Politeness>,
+    cancel: CancellationToken,
+    /// The token in use; the lock also serialises refreshes within this process.
+    cached: Mutex<Option<Cached>>,
+    hook: std::sync::Mutex<Option<RefreshHook>>,
+}
+
+impl OAuth {
+    pub fn new(
+        store: Store,
+        account: String,
+        settings: OAuthSettings,
+        base_url: &Url,
+        http: reqwest::Client,
+        politeness: Arc<Politeness>,
+        cancel: CancellationToken,
+    ) -> Self {
+        OAuth {
+            store,
+            account,
+            settings,
+            token_url: base_url
+                .join("/oauth2/access_token")
+                .expect("a fixed path joins"),
+            http,
+            politeness,
+            cancel,
+            cached: Mutex::new(None),
+            hook: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Installs a crash-injection hook (tests).
+    pub fn set_hook(&self, hook: Option<RefreshHook>) {
+        *self.hook.lock().expect("hook lock") = hook;
+    }
+
+    fn step(&self, step: RefreshStep) -> Result<(), KommoError> {
+        let hook = self.hook.lock().expect("hook lock").clone();
+        match hook {
+            Some(h) => h(step).map_err(|why| KommoError::Interrupted {
+                step: format!("{step:?}"),
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn margin_secs(&self) -> f64 {
+        self.settings.refresh_margin.as_secs_f64()
+    }
+
+    fn cache(&self, access: SecretString, expires_in_secs: f64) -> Cached {
+        let usable = (expires_in_secs - self.margin_secs()).max(0.0);
+        Cached {
+            access,
+            due: Instant::now() + Duration::from_secs_f64(usable),
+        }
+    }
+
+    async fn bearer(&self) -> Result<SecretString, KommoError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| Instant::now() < c.due) {
+            return Ok(c.access.clone());
+        }
+        let row = self
+            .store
+            .load_tokens(&self.account)
+            .await
+            .map_err(store_error)?;
+        let row = self.usable(row)?;
+        let fresh = if row.expires_in_secs > self.margin_secs() {
+            self.cache(row.access_token, row.expires_in_secs)
+        } else {
+            self.refresh(Some(&row.access_token), false).await?
+        };
+        let access = fresh.access.clone();
+        *cached = Some(fresh);
+        Ok(access)
+    }
+
+    async fn renew_after_401(&self, used: &SecretString) -> Result<(), KommoError> {
+        let mut cached = self.cached.lock().await;
+        *cached = None;
+        let fresh = self.refresh(Some(used), true).await?;
+        *cached = Some(fresh);
+        Ok(())
+    }
+
+    /// Refreshes under the row lock. `used` is the access token this process was using:
+    /// if the row holds another one, someone else refreshed already and it is used instead.
+    async fn refresh(
+        &self,
+        used: Option<&SecretString>,
+        force: bool,
+    ) -> Result<Cached, KommoError> {
+        // Take a turn at the limiter before locking, so the lock is held for the call only.
+        self.acquire().await?;
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        let row = crate::store::Store::lock_tokens(&mut tx, &self.account)
+            .await
+            .map_err(store_error)?;
+        let row = self.usable(row)?;
+        let someone_else =
+            used.is_some_and(|u| u.expose_secret() != row.access_token.expose_secret());
+        if (someone_else || !force) && row.expires_in_secs > self.margin_secs() {
+            tx.commit().await.map_err(db_error)?;
+            return Ok(self.cache(row.access_token, row.expires_in_secs));
+        }
+        self.step(RefreshStep::BeforeCall)?;
+        let answer = self
+            .call(json!({
+                "client_id": self.settings.client_id,
+                "client_secret": self.settings.client_secret.expose_secret(),
+                "grant_type": "refresh_token",
+                "refresh_token": row.refresh_token.expose_secret(),
+                "redirect_uri": self.settings.redirect_uri,
+            }))
+            .await;
+        match answer {
+            Ok(pair) => {
+                // The old refresh token is dead now: commit the new pair before anything else.
+                self.step(RefreshStep::AfterResponse)?;
+                self.save(&mut tx, &pair).await?;
+                self.step(RefreshStep::BeforeCommit)?;
+                tx.commit().await.map_err(db_error)?;
+                self.step(RefreshStep::AfterCommit)?;
+                tracing::info!(expires_in = pair.expires_in, "OAuth access token refreshed");
+                Ok(self.cache(SecretString::from(pair.access), pair.expires_in as f64))
+            }
+            Err(KommoError::TokenRefused { status, detail }) => {
+                let why = format!("Kommo refused the refresh token ({status}: {detail})");
+                crate::store::Store::mark_tokens_revoked(&mut tx, &self.account, &why)
+                    .await
+                    .map_err(store_error)?;
+                tx.commit().await.map_err(db_error)?;
+                Err(self.locked_out(&why))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Trades an authorization code for the first pair and stores it (`auth exchange`).
+    pub async fn exchange(&self, code: &str) -> Result<i64, KommoError> {
+        self.acquire().await?;
+        let pair = self
+            .call(json!({
+                "client_id": self.settings.client_id,
+                "client_secret": self.settings.client_secret.expose_secret(),
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.settings.redirect_uri,
+            }))
+            .await?;
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        self.save(&mut tx, &pair).await?;
+        tx.commit().await.map_err(db_error)?;
+        *self.cached.lock().await = None;
+        Ok(pair.expires_in)
+    }
+
+    async fn acquire(&self) -> Result<(), KommoError> {
+        self.politeness
+            .acquire(&self.cancel)
+            .await
+            .map_err(KommoError::from)
+    }
+
+    /// One POST to the token endpoint; no retry (a lost answer may already have spent the
+    /// refresh token, and retrying with it would only confirm that).
+    async fn call(&self, body: Value) -> Result<Pair, KommoError> {
+        let path = "/oauth2/access_token";
+        let resp = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(KommoError::Cancelled),
+            r = self.http.post(self.token_url.clone()).json(&body).send() => r,
+        }
+        .map_err(|e| KommoError::Transport {
+            path: path.into(),
+            attempts: 1,
+            message: e.without_url().to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        match status {
+            200 => {
+                let v = parsed.ok_or_else(|| KommoError::Decode {
+                    path: path.into(),
+                    what: "the token answer is not JSON".into(),
+                    attempts: 1,
+                })?;
+                let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+                match (field("access_token"), field("refresh_token")) {
+                    (Some(access), Some(refresh)) => Ok(Pair {
+                        access,
+                        refresh,
+                        expires_in: v
+                            .get("expires_in")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(86_400),
+                    }),
+                    _ => Err(KommoError::Decode {
+                        path: path.into(),
+                        what: "the token answer lacks access_token or refresh_token".into(),
+                        attempts: 1,
+                    }),
+                }
+            }
+            403 => {
+                // The IP block, not a verdict on the token: back off like any request.
+                let (until, backoff) = self.politeness.banned();
+                Err(KommoError::Banned { until, backoff })
+            }
+            400 | 401 => {
+                let detail = parsed
+                    .as_ref()
+                    .and_then(|v| {
+                        v.get("detail")
+                            .or_else(|| v.get("hint"))
+                            .or_else(|| v.get("title"))
+                    })
+                    .and_then(Value::as_str)
+                    .unwrap_or("no details")
+                    .to_string();
+                Err(KommoError::TokenRefused { status, detail })
+            }
+            429 => Err(KommoError::RateLimited { attempts: 1 }),
+            _ => Err(KommoError::Server {
+                path: path.into(),
+                status,
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Writes a new pair into `tx` (committed by the caller, at once).
+    async fn save(&self, tx: &mut crate::store::Tx, pair: &Pair) -> Result<(), KommoError> {
+        crate::store::Store::save_tokens(
+            tx,
+            &self.account,
+            &pair.access,
+            &pair.refresh,
+            pair.expires_in,
+        )
+        .await
+        .map_err(store_error)
+    }
+
+    /// The stored pair, if there is one that Kommo has not refused.
+    fn usable(&self, row: Option<TokenRow>) -> Result<TokenRow, KommoError> {
+        let Some(row) = row else {
+            return Err(KommoError::NoTokens {
+                account: self.account.clone(),
+            });
+        };
+        if row.state == "revoked" {
+            return Err(self.locked_out(
+                row.last_error
+                    .as_deref()
+                    .unwrap_or("the refresh token was revoked"),
+            ));
+        }
+        Ok(row)
+    }
+
+    fn locked_out(&self, why: &str) -> KommoError {
+        let reason = format!(
+            "{why}. A human must re-authorize the integration in Kommo and run \
+             `kommo-sync auth exchange --code NEW_CODE`; then restart the daemon"
+        );
+        self.politeness.lock_out(&reason);
+        tracing::error!(reason, "OAuth: account locked out");
+        KommoError::LockedOut { reason }
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> KommoError {
+    KommoError::TokenStore {
+        message: e.to_string(),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> KommoError {
+    KommoError::TokenStore {
+        message: e.to_string(),
+    }
+}

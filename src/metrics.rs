@@ -1,0 +1,147 @@
+//! Prometheus metrics: one registry per process, passed to whoever records (no globals).
+//! Labels are low-cardinality on purpose: endpoint paths and streams, never ids.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    /// HTTP status, or "error" when no answer came (timeout, connection refused).
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+fn run_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.25, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub throttle_waits: Counter,
+    pub throttle_wait_seconds: Counter<f64, AtomicU64>,
+    pub too_many_requests: Counter,
+    pub bans: Counter,
+    pub rows_written: Family<StreamLabels, Counter>,
+    pub runs_failed: Family<StreamLabels, Counter>,
+    pub last_success: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub lag_seconds: Family<StreamLabels, Gauge>,
+    pub run_seconds: Family<StreamLabels, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kommo_sync");
+        let m = Metrics {
+            requests: Family::default(),
+            throttle_waits: Counter::default(),
+            throttle_wait_seconds: Counter::default(),
+            too_many_requests: Counter::default(),
+            bans: Counter::default(),
+            rows_written: Family::default(),
+            runs_failed: Family::default(),
+            last_success: Family::default(),
+            lag_seconds: Family::default(),
+            run_seconds: Family::new_with_constructor(run_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "api_requests",
+            "Requests to the Kommo API by endpoint and answer",
+            m.requests.clone(),
+        );
+        registry.register(
+            "throttle_waits",
+            "Requests that waited for the rate limiter or a 429 pause",
+            m.throttle_waits.clone(),
+        );
+        registry.register(
+            "throttle_wait_seconds",
+            "Time requests spent waiting for the rate limiter or a 429 pause",
+            m.throttle_wait_seconds.clone(),
+        );
+        registry.register(
+            "api_throttled",
+            "429 Too Many Requests answers",
+            m.too_many_requests.clone(),
+        );
+        registry.register(
+            "api_bans",
+            "403 answers (IP blocked by Kommo)",
+            m.bans.clone(),
+        );
+        registry.register(
+            "rows_written",
+            "Entity rows inserted or changed, per stream",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            "runs_failed",
+            "Runs that ended with an error, per stream",
+            m.runs_failed.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the stream's last successful run ended (unix seconds)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "How far the mirror is behind the server's clock at the end of the last run, per stream",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "run_duration_seconds",
+            "Duration of runs, per stream",
+            m.run_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn request(&self, endpoint: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn stream(stream: &str) -> StreamLabels {
+        StreamLabels {
+            stream: stream.to_string(),
+        }
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

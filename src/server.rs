@@ -1,0 +1,102 @@
+//! The side server: `/healthz` (alive), `/readyz` (able to do its job), `/metrics`.
+//! Off unless `server.listen` is set; meant for loopback or a private network.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::kommo::rate_limit::Politeness;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the endpoints look at.
+#[derive(Clone)]
+pub struct Health {
+    pub store: Store,
+    pub politeness: Arc<Politeness>,
+    pub metrics: Arc<Metrics>,
+    /// Set once migrations are applied and the schedule is running.
+    pub scheduled: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Why the daemon cannot do its job right now, if it cannot.
+    pub async fn not_ready(&self) -> Option<String> {
+        if !self.scheduled.load(Ordering::Relaxed) {
+            return Some("starting: the schedule is not running yet".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Some(format!("database unreachable: {e}")),
+            Err(_) => return Some("database unreachable: no answer within 2 s".into()),
+        }
+        let p = self.politeness.snapshot();
+        if let Some(reason) = p.locked_out {
+            return Some(format!("locked out: {reason}"));
+        }
+        if let Some(until) = p.banned_until {
+            return Some(format!("banned by Kommo (403) until {until}"));
+        }
+        None
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    match h.not_ready().await {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.render(),
+    )
+}
+
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+}
+
+/// Binds `addr` (so a taken port fails at start, not later) and serves until `cancel`.
+pub async fn start(
+    addr: SocketAddr,
+    health: Health,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "side server listening (/healthz, /readyz, /metrics)");
+    let handle = tokio::spawn(async move {
+        let served = axum::serve(listener, router(health))
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error.message = %e, "side server failed");
+        }
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,253 @@
+//! Sync bookkeeping: the cursor and health of each stream (`sync_state`) and one row per
+//! run (`sync_runs`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Doing, Store, StoreError, Tx};
+
+/// Health of a stream as shown by `status` and health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamHealth {
+    Ok,
+    BackingOff,
+    Banned,
+    LockedOut,
+}
+
+impl StreamHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamHealth::Ok => "ok",
+            StreamHealth::BackingOff => "backing_off",
+            StreamHealth::Banned => "banned",
+            StreamHealth::LockedOut => "locked_out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+impl RunOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Counts of one run, written to `sync_runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    pub requests: u64,
+    pub pages: u64,
+    pub rows_seen: u64,
+    pub rows_written: u64,
+    pub window_upper: Option<i64>,
+}
+
+/// How a run ended, for `sync_state`.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub outcome: RunOutcome,
+    pub health: StreamHealth,
+    pub error: Option<String>,
+    pub blocked_until: Option<DateTime<Utc>>,
+}
+
+/// One row of `status`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StreamStatus {
+    pub stream: String,
+    pub cursor: Value,
+    pub state: String,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub blocked_until: Option<DateTime<Utc>>,
+    pub rows_written: i64,
+    pub rows: i64,
+}
+
+fn n(v: u64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+impl Store {
+    /// Reads a stream's stored cursor, if it has one.
+    pub async fn load_cursor(
+        &self,
+        account: &str,
+        stream: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE account = $1 AND stream = $2")
+            .bind(account)
+            .bind(stream)
+            .fetch_optional(self.pool())
+            .await
+            .doing("reading the cursor")
+    }
+
+    /// Records the start of a run (creating the stream's state row with `initial_cursor`
+    /// the first time) and returns the run's id.
+    pub async fn start_run(
+        &self,
+        account: &str,
+        stream: &str,
+        full: bool,
+        initial_cursor: &Value,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO sync_state (account, stream, cursor, last_started_at) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (account, stream) DO UPDATE SET last_started_at = now(), updated_at = now()",
+        )
+        .bind(account)
+        .bind(stream)
+        .bind(initial_cursor)
+        .execute(&mut *tx)
+        .await
+        .doing("recording the start of a run")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_runs (account, stream, full_sync) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(account)
+        .bind(stream)
+        .bind(full)
+        .fetch_one(&mut *tx)
+        .await
+        .doing("recording the start of a run")?;
+        tx.commit().await.doing("recording the start of a run")?;
+        Ok(id)
+    }
+
+    /// Moves a stream's cursor inside the transaction that wrote the rows it covers.
+    pub async fn save_cursor(
+        tx: &mut Tx,
+        account: &str,
+        stream: &str,
+        cursor: &Value,
+        rows_written: u64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE sync_state SET cursor = $3, rows_written = rows_written + $4, updated_at = now() \
+             WHERE account = $1 AND stream = $2",
+        )
+        .bind(account)
+        .bind(stream)
+        .bind(cursor)
+        .bind(rows_written as i64)
+        .execute(&mut **tx)
+        .await
+        .doing("moving the cursor")?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::BadCursor {
+                stream: stream.into(),
+                detail: "its sync_state row is missing (was the table cleared during the run?)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records the end of a run and the stream's resulting health.
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        account: &str,
+        stream: &str,
+        counts: &RunCounts,
+        end: &RunEnd,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE sync_runs SET finished_at = now(), outcome = $2, requests = $3, pages = $4, \
+               rows_seen = $5, rows_written = $6, window_upper = to_timestamp($7), error = $8 \
+             WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(end.outcome.as_str())
+        .bind(n(counts.requests))
+        .bind(n(counts.pages))
+        .bind(n(counts.rows_seen))
+        .bind(n(counts.rows_written))
+        .bind(counts.window_upper)
+        .bind(&end.error)
+        .execute(&mut *tx)
+        .await
+        .doing("recording the end of a run")?;
+        let success = end.outcome == RunOutcome::Ok;
+        // A cancelled run says nothing new about the stream: its health stays as it was.
+        let health = (end.outcome != RunOutcome::Cancelled).then(|| end.health.as_str());
+        sqlx::query(
+            "UPDATE sync_state SET state = coalesce($3, state), updated_at = now(), \
+               last_success_at = CASE WHEN $4 THEN now() ELSE last_success_at END, \
+               last_error = CASE WHEN $4 THEN NULL WHEN $5::text IS NULL THEN last_error ELSE $5 END, \
+               last_error_at = CASE WHEN $5::text IS NULL THEN last_error_at ELSE now() END, \
+               blocked_until = CASE WHEN $3::text IS NULL THEN blocked_until ELSE $6 END \
+             WHERE account = $1 AND stream = $2",
+        )
+        .bind(account)
+        .bind(stream)
+        .bind(health)
+        .bind(success)
+        .bind(&end.error)
+        .bind(end.blocked_until)
+        .execute(&mut *tx)
+        .await
+        .doing("recording the end of a run")?;
+        tx.commit().await.doing("recording the end of a run")
+    }
+
+    /// Marks every stream of the account with a health (used when the whole account stops,
+    /// e.g. banned, so that streams that did not run show it too).
+    pub async fn mark_account(
+        &self,
+        account: &str,
+        health: StreamHealth,
+        error: &str,
+        blocked_until: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sync_state SET state = $2, last_error = $3, last_error_at = now(), blocked_until = $4, \
+               updated_at = now() WHERE account = $1",
+        )
+        .bind(account)
+        .bind(health.as_str())
+        .bind(error)
+        .bind(blocked_until)
+        .execute(self.pool())
+        .await
+        .doing("marking the account's streams")
+        .map(|_| ())
+    }
+
+    /// Per-stream status for `status`, with the number of rows in each stream's table.
+    pub async fn status(&self, account: &str) -> Result<Vec<StreamStatus>, StoreError> {
+        sqlx::query_as::<_, StreamStatus>(
+            "SELECT s.stream, s.cursor, s.state, s.last_started_at, s.last_success_at, s.last_error, \
+               s.last_error_at, s.blocked_until, s.rows_written, \
+               CASE s.stream \
+                 WHEN 'leads' THEN (SELECT count(*) FROM leads) \
+                 WHEN 'contacts' THEN (SELECT count(*) FROM contacts) \
+                 WHEN 'companies' THEN (SELECT count(*) FROM companies) \
+                 WHEN 'tasks' THEN (SELECT count(*) FROM tasks) \
+                 ELSE 0 END AS rows \
+             FROM sync_state s WHERE s.account = $1 ORDER BY s.stream",
+        )
+        .bind(account)
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the sync status")
+    }
+}
