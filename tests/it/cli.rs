@@ -1,0 +1,301 @@
+//! The binary as an operator uses it: --help, bad settings, one-shot sync, status, kill -9,
+//! and SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kommo_sim::SimConfig;
+
+use crate::helpers::*;
+
+fn binary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kommo-sync"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+fn with_env(mut c: Command, env: &[(String, String)]) -> Command {
+    c.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    c
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = binary().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for cmd in ["run", "sync", "status", "migrate", "check", "KOMMO_SYNC__"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    }
+    let out = binary().args(["sync", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--stream") && text.contains("--full"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_settings_exit_2_and_name_the_key() {
+    let out = binary()
+        .args(["status"])
+        .env("KOMMO_SYNC__KOMMO__SUBDOMAIN", "acme")
+        .env("KOMMO_SYNC__KOMMO__TOKEN", "t")
+        .env("KOMMO_SYNC__KOMMO__MAX_RPS", "50")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kommo.max_rps"), "{err}");
+
+    let out = binary()
+        .args(["--config", "/nonexistent.toml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+
+    let out = binary()
+        .args(["sync", "--stream", "deals"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leads"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_then_status_json_matches_sync_state() {
+    let t = spawn(small_account(), &[]).await;
+    let env = t.env.clone();
+    let out =
+        tokio::task::spawn_blocking(move || with_env(binary(), &env).arg("sync").output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in ["leads", "contacts", "companies", "tasks"] {
+        assert!(text.contains(s), "{text}");
+    }
+    let env = t.env.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        with_env(binary(), &env)
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, serde_json::Value, String, i64)> = sqlx::query_as(
+        "SELECT stream, cursor, state, rows_written FROM sync_state ORDER BY stream",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(status.as_array().unwrap().len(), rows.len());
+    for (i, (stream, cursor, state, written)) in rows.iter().enumerate() {
+        assert_eq!(&status[i]["stream"], stream);
+        assert_eq!(&status[i]["cursor"], cursor);
+        assert_eq!(&status[i]["state"], state);
+        assert_eq!(status[i]["rows_written"].as_i64(), Some(*written));
+    }
+    let env = t.env.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        with_env(binary(), &env).arg("status").output().unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("STREAM") && table.contains("leads") && table.contains(" ok "),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_sync_then_resume_is_exact() {
+    let t = spawn(
+        SimConfig {
+            leads: 2500,
+            contacts: 1500,
+            ..small_account()
+        },
+        &[],
+    )
+    .await;
+    let mut child = with_env(binary(), &t.env)
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it commit a few pages, then SIGKILL: no chance to clean up.
+    let pool = t.pool.clone();
+    let start = Instant::now();
+    loop {
+        let pages: i64 = sqlx::query_scalar("SELECT count(*) FROM leads")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if pages >= 500 || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let c = t.sim.sim().counters();
+    assert!(
+        c.max_in_sliding_second <= 7,
+        "the killed process alone broke the limit: {c:?}"
+    );
+    let partial = t.versions(kommo_sim::Entity::Leads).await;
+    assert!(
+        !partial.is_empty() && partial.len() < 2500,
+        "killed mid-way: {} leads",
+        partial.len()
+    );
+    // The restart is a new process, with its quiet second (t.app, built long before, would
+    // share the killed process's last second, as two live processes would).
+    let settings = kommo_sync::config::Settings::load_from(None, t.env.clone()).unwrap();
+    let restarted =
+        kommo_sync::app::App::build(settings, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+    restarted.sync_once(&[], false).await.unwrap();
+    let after = t.versions(kommo_sim::Entity::Leads).await;
+    assert!(
+        partial.iter().all(|(id, x)| after.get(id) == Some(x)),
+        "rows were rewritten"
+    );
+    t.assert_mirrors_simulator().await;
+    t.assert_polite();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_run_exits_0_quickly_with_nothing_half_written() {
+    // A slow server: the run is surely in flight when SIGTERM arrives.
+    let t = spawn(
+        SimConfig {
+            latency: Duration::from_millis(300),
+            leads: 3000,
+            ..small_account()
+        },
+        &[],
+    )
+    .await;
+    let mut child = with_env(binary(), &t.env)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pool = t.pool.clone();
+    let start = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM leads")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if n > 0 || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let term_sent = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        term_sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        term_sent.elapsed()
+    );
+    // Every committed page moved its cursor with it: counts add up.
+    let written: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(rows_written), 0)::bigint FROM sync_state")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM leads) + (SELECT count(*) FROM contacts) + (SELECT count(*) FROM companies) + (SELECT count(*) FROM tasks)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(written, rows);
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT outcome FROM sync_runs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        outcomes.iter().all(|o| o == "cancelled" || o == "ok"),
+        "{outcomes:?}"
+    );
+    // And the next run completes the mirror.
+    t.sim.sim().set_latency(Duration::ZERO);
+    t.sync().await;
+    t.let_lag_pass();
+    t.sync().await;
+    t.assert_mirrors_simulator().await;
+}
+
+/// `run` speaks systemd's notify protocol: READY=1 once migrated and scheduled, WATCHDOG=1
+/// while healthy, STOPPING=1 on SIGTERM. A datagram socket stands in for systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_notifies_systemd_ready_watchdog_and_stopping() {
+    let t = spawn(small_account(), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = with_env(binary(), &t.env)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    tokio::task::block_in_place(|| {
+        while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+            && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+        {
+            let n = socket.recv(&mut buf).expect("a notification within 20 s");
+            seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    });
+    assert!(seen[0].contains("READY=1"), "ready comes first: {seen:?}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopping = tokio::task::block_in_place(|| loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        if m.contains("STOPPING=1") {
+            break m;
+        }
+    });
+    assert!(stopping.contains("STOPPING=1"));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
