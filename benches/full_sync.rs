@@ -1,0 +1,129 @@
+//! Full-sync throughput against the simulator with 300 ms latency per request.
+//!
+//! Prints entities per second, requests, and the ratio to the ceiling `max_rps × 250`
+//! (the most the API allows). Run: `cargo bench --bench full_sync`.
+//! Knobs (environment): BENCH_LEADS, BENCH_CONTACTS, BENCH_COMPANIES, BENCH_TASKS,
+//! BENCH_LATENCY_MS, TEST_DATABASE_URL.
+
+use std::time::{Duration, Instant};
+
+use kommo_sim::{SimConfig, SimServer};
+use kommo_sync::app::App;
+use kommo_sync::config::Settings;
+use sqlx::{Connection, Executor};
+use tokio_util::sync::CancellationToken;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let latency = Duration::from_millis(knob("BENCH_LATENCY_MS", 300) as u64);
+    let cfg = SimConfig {
+        leads: knob("BENCH_LEADS", 20_000),
+        contacts: knob("BENCH_CONTACTS", 15_000),
+        companies: knob("BENCH_COMPANIES", 5_000),
+        tasks: knob("BENCH_TASKS", 12_000),
+        latency,
+        ..SimConfig::default()
+    };
+    let total = cfg.leads + cfg.contacts + cfg.companies + cfg.tasks;
+    let sim = SimServer::start(cfg).await?;
+
+    let server = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db = format!("kommo_sync_bench_{}", rand::random::<u32>());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    admin
+        .execute(format!("CREATE DATABASE \"{db}\"").as_str())
+        .await?;
+
+    // KOMMO_SYNC__* from the environment (e.g. SYNC__PARALLELISM) apply first; the
+    // simulator's address and the database always win.
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("KOMMO_SYNC__"))
+        .collect();
+    env.extend([
+        ("KOMMO_SYNC__KOMMO__BASE_URL".to_string(), sim.base_url()),
+        (
+            "KOMMO_SYNC__KOMMO__ALLOW_INSECURE_HTTP".into(),
+            "true".into(),
+        ),
+        ("KOMMO_SYNC__KOMMO__TOKEN".into(), "sim-token".into()),
+        ("KOMMO_SYNC__DATABASE__URL".into(), format!("{server}/{db}")),
+    ]);
+    let settings = Settings::load_from(None, env)?;
+    let ceiling = f64::from(settings.kommo.max_rps) * 250.0;
+    let app = App::build(settings, CancellationToken::new()).await?;
+
+    // Requests per second over time, to see where the limit goes unused.
+    let sampler = {
+        let sim = sim.sim();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut line = Vec::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let now = sim.counters().requests;
+                line.push(format!("{:.1}", (now - last) as f64 / 2.0));
+                last = now;
+                if line.len() % 15 == 0 {
+                    eprintln!("rps per 2 s: {}", line.join(" "));
+                    line.clear();
+                }
+                if std::env::var("BENCH_TIMELINE").is_err() {
+                    line.clear();
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let result = app.sync_once(&[], true).await;
+    sampler.abort();
+    let elapsed = start.elapsed().as_secs_f64();
+    let counters = sim.sim().counters();
+    drop(app);
+    admin
+        .execute(format!("DROP DATABASE \"{db}\" WITH (FORCE)").as_str())
+        .await?;
+    let reports = result?;
+
+    let stored: u64 = reports.iter().map(|r| r.counts.rows_written).sum();
+    let requests: u64 = reports.iter().map(|r| r.counts.requests).sum();
+    let eps = stored as f64 / elapsed;
+    println!(
+        "full sync: {total} entities in the account, latency {} ms",
+        latency.as_millis()
+    );
+    for r in &reports {
+        println!(
+            "  {:<10} requests {:>4}  rows {:>6}",
+            r.stream, r.counts.requests, r.counts.rows_written
+        );
+    }
+    println!("entities stored      {stored}");
+    println!("elapsed              {elapsed:.2} s");
+    println!(
+        "requests             {requests} (ideal ceil(n/250) per stream: {})",
+        ideal(&reports)
+    );
+    println!("entities per second  {eps:.0}");
+    println!("ceiling              {ceiling:.0} entities/s (max_rps x 250)");
+    println!("ratio to ceiling     {:.3}", eps / ceiling);
+    println!(
+        "politeness           max {} requests in any sliding second, {} x 429, {} x 403",
+        counters.max_in_sliding_second, counters.too_many_requests, counters.forbidden
+    );
+    Ok(())
+}
+
+fn ideal(reports: &[kommo_sync::sync::RunReport]) -> u64 {
+    reports
+        .iter()
+        .map(|r| r.counts.rows_written.div_ceil(250))
+        .sum()
+}
