@@ -22,6 +22,13 @@ fn knob(name: &str, default: usize) -> usize {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // RUST_LOG=kommo_sync=debug shows every page and split (where requests go).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let latency = Duration::from_millis(knob("BENCH_LATENCY_MS", 300) as u64);
     let cfg = SimConfig {
         leads: knob("BENCH_LEADS", 20_000),

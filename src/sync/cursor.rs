@@ -19,9 +19,11 @@
 //! * streams that cannot be (Kommo's tasks): the key is `created_at`, inside the fixed
 //!   `updated_at` window; the same rules apply to `created_from`.
 //!
-//! A full page whose items all share one `updated_at` second (a bulk edit) walks that closed
-//! second by `created_at`; a full page that shares one `created_at` second as well walks it
-//! by page number ordered by id (see [`SecondWalk`]). Large windows are split between workers
+//! When a full page ends in a crowded `updated_at` second (a bulk edit put many entities on
+//! it), the rest of the window is walked by `created_at` like tasks: the `updated_at` keyset
+//! would re-read the crowd page after page, and cannot pass a second holding more than a
+//! page at all. A full page that shares one `created_at` second as well walks it by page
+//! number ordered by id (see [`SecondWalk`]). Large windows are split between workers
 //! ([`Cursor::split_largest`]); each segment's progress is committed with its page, so a
 //! crash re-fetches at most the pages in flight.
 
@@ -119,6 +121,12 @@ pub struct Applied {
     pub done: bool,
 }
 
+/// A full page whose newest `updated_at` second holds at least this many entities (a tenth
+/// of a full page) switches the segment to the `created_at` walk: the next keyset page would
+/// re-read all of them, and the second probably holds more (ordinary data shares a second
+/// between two or three entities at most).
+const CROWDED_SECOND: usize = 25;
+
 fn created(r: &Record) -> i64 {
     r.created_at.unwrap_or(0)
 }
@@ -153,15 +161,8 @@ impl Segment {
         if stream.ordered_by_updated_at && self.created_from.is_none() {
             return base;
         }
-        // Keyed on `created_at`: the whole window, or, for an ordered stream, the one crowded
-        // `updated_at` second it is walking.
-        let to = if stream.ordered_by_updated_at {
-            self.from
-        } else {
-            self.to
-        };
+        // Keyed on `created_at`, over the rest of the window.
         let base = PageRequest {
-            to: Some(to),
             created_from: self.created_from,
             order: Order::CreatedAtAsc,
             ..base
@@ -187,27 +188,29 @@ impl Segment {
         records: Vec<Record>,
     ) -> Applied {
         let full = records.len() as u64 >= u64::from(req.limit);
-        let sub_walk = stream.ordered_by_updated_at;
         if self.second.is_some() {
-            return self.apply_second(req, records, full, sub_walk);
+            return self.apply_second(req, records, full);
         }
         match req.order {
-            Order::UpdatedAtAsc => self.apply_updated_keyset(records, full),
-            _ => self.apply_created_keyset(records, full, req.limit, sub_walk),
+            Order::UpdatedAtAsc if stream.ordered_by_updated_at => {
+                self.apply_updated_keyset(records, full)
+            }
+            _ => self.apply_created_keyset(records, full, req.limit),
         }
     }
 
-    /// The `created_at` walk is over: for an ordered stream that means its crowded second is
-    /// done and the `updated_at` walk goes on after it; otherwise the window is done.
-    fn created_walk_done(&mut self, sub_walk: bool) -> bool {
+    /// The `created_at` walk reached the end of the window: the segment is complete.
+    fn created_walk_done(&mut self) -> bool {
         self.seen.clear();
         self.created_from = None;
-        if sub_walk {
-            self.from += 1;
-            self.from > self.to
-        } else {
-            true
-        }
+        true
+    }
+
+    /// Whether its pages are ordered by `created_at`. Such a page spreads over the whole
+    /// `updated_at` window, so a split while one is in flight would drop the part of it that
+    /// lands in the other half: these segments are split between pages, by their owner.
+    pub fn keyed_on_created(&self, stream: &StreamSpec) -> bool {
+        !stream.ordered_by_updated_at || self.created_from.is_some()
     }
 
     fn in_window(&self, r: &Record) -> bool {
@@ -230,29 +233,29 @@ impl Segment {
         let rate = keep.len().max(1) as f64 / (newest - self.from + 1) as f64;
         self.remaining = Some(rate * (self.to - newest) as f64);
         self.split_at = None;
-        if newest > self.from {
-            self.from = newest;
-            self.seen = keep
-                .iter()
-                .filter(|r| r.updated_at == newest)
-                .map(|r| r.id)
-                .collect();
+        // Ascending order and a full page: everything in the window before `newest` is in
+        // this page or was stored before it.
+        let at_newest: Vec<i64> = keep
+            .iter()
+            .filter(|r| r.updated_at == newest)
+            .map(|r| r.id)
+            .collect();
+        let moved = newest > self.from;
+        self.from = newest;
+        if moved && at_newest.len() < CROWDED_SECOND {
+            self.seen = at_newest;
         } else {
-            // A whole page in one second (a bulk edit): walk that closed second by
-            // `created_at`, a keyset again, so entities leaving it cannot make us skip one.
+            // A crowded second (a bulk edit), or a whole page in one: walk the rest of the
+            // window by `created_at`, a keyset again, so entities leaving the window cannot
+            // make us skip one. What is stored at `newest` comes back once and is rewritten
+            // as a no-op.
             self.seen.clear();
             self.created_from = Some(-1);
         }
         Applied { keep, done: false }
     }
 
-    fn apply_created_keyset(
-        &mut self,
-        records: Vec<Record>,
-        full: bool,
-        limit: u32,
-        sub_walk: bool,
-    ) -> Applied {
+    fn apply_created_keyset(&mut self, records: Vec<Record>, full: bool, limit: u32) -> Applied {
         let seen: HashSet<i64> = self.seen.iter().copied().collect();
         let at = self.created_from;
         let newest = records.iter().map(created).max();
@@ -263,12 +266,15 @@ impl Segment {
         if !full {
             keep.retain(|r| self.in_window(r));
             return Applied {
-                done: self.created_walk_done(sub_walk),
+                done: self.created_walk_done(),
                 keep,
             };
         }
         let newest = newest.expect("a full page has records");
-        let start = at.unwrap_or_else(|| keep.iter().map(created).min().unwrap_or(newest));
+        // (-1 marks a walk that starts before any entity: no use for a rate.)
+        let start = at
+            .filter(|&c| c >= 0)
+            .unwrap_or_else(|| keep.iter().map(created).min().unwrap_or(newest));
         // What is left has `created_at` in (newest, to]: estimate it from this page's rate,
         // and split where this page's window items have their median `updated_at`.
         let rate = keep.len().max(1) as f64 / (newest - start + 1) as f64;
@@ -295,21 +301,13 @@ impl Segment {
         Applied { keep, done: false }
     }
 
-    fn apply_second(
-        &mut self,
-        req: &PageRequest,
-        records: Vec<Record>,
-        full: bool,
-        sub_walk: bool,
-    ) -> Applied {
+    fn apply_second(&mut self, req: &PageRequest, records: Vec<Record>, full: bool) -> Applied {
         let tie = self.created_from.unwrap_or(0);
         let mut seen: HashSet<i64> = self.seen.iter().copied().collect();
         let count = records.len() as u64;
         let keep: Vec<Record> = records
             .into_iter()
-            .filter(|r| {
-                created(r) == tie && self.in_window(r) && (!sub_walk || r.updated_at == self.from)
-            })
+            .filter(|r| created(r) == tie && self.in_window(r))
             .filter(|r| seen.insert(r.id))
             .collect();
         self.seen.extend(keep.iter().map(|r| r.id));
@@ -333,10 +331,9 @@ impl Segment {
         // window's end nothing is left.
         self.second = None;
         self.seen.clear();
-        let end = if sub_walk { self.from } else { self.to };
-        if tie + 1 > end {
+        if tie + 1 > self.to {
             return Applied {
-                done: self.created_walk_done(sub_walk),
+                done: self.created_walk_done(),
                 keep,
             };
         }
@@ -418,19 +415,19 @@ impl Cursor {
         applied.keep
     }
 
-    /// Splits, among `candidates` (segments being worked on), the one with the most data
-    /// left, if at least `min_items` are estimated to be left in it; the new upper part gets
-    /// `new_key`. Splitting costs a request, so thin windows are never split.
+    /// Splits, among the `eligible` segments, the one with the most data left, if at least
+    /// `min_items` are estimated to be left in it; the new upper part gets `new_key`.
+    /// Splitting costs a request, so thin windows are never split.
     pub fn split_largest(
         &mut self,
-        candidates: &HashSet<u64>,
+        eligible: impl Fn(&Segment) -> bool,
         new_key: u64,
         min_items: f64,
     ) -> Option<u64> {
         let seg = self
             .pending
             .iter_mut()
-            .filter(|s| candidates.contains(&s.key) && s.to - s.from >= 2 && s.second.is_none())
+            .filter(|s| eligible(s) && s.to - s.from >= 2 && s.second.is_none())
             .filter(|s| s.remaining.unwrap_or(0.0) >= min_items)
             .max_by(|a, b| {
                 a.remaining
@@ -442,9 +439,17 @@ impl Cursor {
             .filter(|m| *m > seg.from && *m < seg.to)
             .unwrap_or(seg.from + (seg.to - seg.from) / 2);
         let half = seg.remaining.map(|r| r / 2.0);
+        // A `created_at` walk has stored everything created before `created_from` across the
+        // whole window: the upper half goes on from there instead of starting over.
         let upper = Segment {
             key: new_key,
             remaining: half,
+            created_from: seg.created_from,
+            seen: if seg.created_from.is_some() {
+                seg.seen.clone()
+            } else {
+                Vec::new()
+            },
             ..Segment::new(mid + 1, seg.to)
         };
         seg.to = mid;
@@ -547,26 +552,49 @@ mod tests {
     }
 
     #[test]
-    fn a_page_all_in_one_second_walks_that_second_by_created_at() {
+    fn a_page_all_in_one_second_walks_the_rest_of_the_window_by_created_at() {
         let mut s = Segment::new(50, 1000);
         let req = s.plan(&LEADS, 2);
         s.apply(&LEADS, &req, vec![task(7, 3, 50), task(5, 4, 50)]);
         let req = s.plan(&LEADS, 2);
         assert_eq!(
             (req.order, req.from, req.to, req.created_from),
-            (Order::CreatedAtAsc, 50, Some(50), Some(-1))
+            (Order::CreatedAtAsc, 50, Some(1000), Some(-1))
         );
         s.apply(&LEADS, &req, vec![task(7, 3, 50), task(5, 4, 50)]);
         let req = s.plan(&LEADS, 2);
         assert_eq!(req.created_from, Some(4));
-        let applied = s.apply(&LEADS, &req, vec![task(6, 9, 50)]);
-        assert_eq!(ids(&applied.keep), vec![6]);
-        assert_eq!(
-            (s.from, s.created_from),
-            (51, None),
-            "then the updated_at walk goes on"
+        let applied = s.apply(&LEADS, &req, vec![task(8, 12, 700)]);
+        assert_eq!(ids(&applied.keep), vec![8], "a later second, same walk");
+        assert!(
+            applied.done,
+            "a short created_at page closes the window, later seconds included"
         );
-        assert_eq!(s.plan(&LEADS, 2).order, Order::UpdatedAtAsc);
+    }
+
+    #[test]
+    fn a_crowded_newest_second_switches_to_created_at_where_it_begins() {
+        let mut s = Segment::new(10, 1000);
+        // A full page of 30 whose newest second (40) holds 26: a bulk edit.
+        let mut page = vec![rec(1, 10), rec(2, 20), rec(3, 30), rec(4, 35)];
+        page.extend((100..126).map(|id| task(id, id, 40)));
+        let req = s.plan(&LEADS, 30);
+        let applied = s.apply(&LEADS, &req, page);
+        assert_eq!(applied.keep.len(), 30);
+        let next = s.plan(&LEADS, 30);
+        assert_eq!(
+            (next.order, next.from, next.to, next.created_from),
+            (Order::CreatedAtAsc, 40, Some(1000), Some(-1)),
+            "everything before second 40 is stored; the crowd and the rest go by created_at"
+        );
+        // A second shared by a few entities only stays on the updated_at keyset.
+        let mut s = Segment::new(10, 1000);
+        let mut page: Vec<Record> = (1..28).map(|id| rec(id, 10 + id)).collect();
+        page.extend([rec(50, 40), rec(51, 40), rec(52, 40)]);
+        s.apply(&LEADS, &s.plan(&LEADS, 30), page);
+        let next = s.plan(&LEADS, 30);
+        assert_eq!((next.order, next.from), (Order::UpdatedAtAsc, 40));
+        assert_eq!(s.seen, vec![50, 51, 52]);
     }
 
     #[test]
@@ -684,11 +712,11 @@ mod tests {
         };
         let req = c.pending[0].plan(&LEADS, 3);
         assert_eq!(
-            c.split_largest(&HashSet::from([1]), 2, 1000.0),
+            c.split_largest(|s| s.key == 1, 2, 1000.0),
             None,
             "too little left to split"
         );
-        assert_eq!(c.split_largest(&HashSet::from([1]), 2, 50.0), Some(2));
+        assert_eq!(c.split_largest(|s| s.key == 1, 2, 50.0), Some(2));
         assert_eq!(
             (c.pending[0].to, c.pending[1].from, c.pending[1].to),
             (50, 51, 100)
@@ -725,11 +753,21 @@ mod tests {
             watermark: 1000,
             pending: vec![s],
         };
-        c.split_largest(&HashSet::from([1]), 2, 1.0).unwrap();
+        c.split_largest(|s| s.key == 1, 2, 1.0).unwrap();
         assert_eq!(
             c.pending[0].to, 910,
             "split at the sample's median, not the window's middle"
         );
+        assert_eq!(
+            (
+                c.pending[1].from,
+                c.pending[1].created_from,
+                c.pending[1].seen.clone()
+            ),
+            (911, Some(4), vec![4]),
+            "the upper half goes on where the created_at walk is, not from the start"
+        );
+        assert_eq!(c.pending[1].plan(&TASKS, 4).created_from, Some(4));
     }
 
     #[test]

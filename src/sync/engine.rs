@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::cursor::{Cursor, StoredCursor};
+use super::cursor::{Cursor, Segment, StoredCursor};
 use crate::metrics::Metrics;
 use crate::source::{FailureKind, FetchError, Page, PageRequest, Record, Source, StreamSpec};
 use crate::store::state::{RunCounts, RunEnd, RunOutcome, StreamHealth};
@@ -311,6 +311,9 @@ struct WalkState {
     /// Segments some worker is driving.
     active: HashSet<u64>,
     next_key: u64,
+    /// An idle worker would take a split of a segment keyed on `created_at`; its owner
+    /// splits it after its page in flight (see [`super::cursor::Segment::keyed_on_created`]).
+    split_wanted: bool,
 }
 
 struct Walk<'e, S: Source> {
@@ -337,6 +340,7 @@ impl<'e, S: Source> Walk<'e, S> {
                 cursor: Cursor::default(),
                 active: HashSet::new(),
                 next_key: 1,
+                split_wanted: false,
             }),
             limit: AtomicU32::new(engine.settings.page_size),
             cancel,
@@ -429,7 +433,13 @@ impl<'e, S: Source> Walk<'e, S> {
             .await
             .cursor
             .probe(&self.spec, self.limit.load(Ordering::Relaxed));
-        let (req, page) = self.fetch(req, None).await?;
+        // The probe counts towards the in-flight target like any page: other streams must
+        // not split for a worker that is not idle.
+        let in_flight = &self.engine.in_flight;
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.fetch(req, None).await;
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (req, page) = fetched?;
         let server_time = page.server_time.ok_or(SyncError::NoServerTime)?;
         let upper = server_time - self.engine.settings.lag_secs;
         *self.upper.lock().expect("upper lock") = Some(upper);
@@ -476,19 +486,18 @@ impl<'e, S: Source> Walk<'e, S> {
                     Some(k) if room || st.active.is_empty() => Some(k),
                     Some(_) => None,
                     None if room => {
-                        let key = st.next_key;
                         let active = st.active.clone();
-                        let min_items =
-                            f64::from(self.limit.load(Ordering::Relaxed)) * SPLIT_MIN_PAGES;
-                        let split = st.cursor.split_largest(&active, key, min_items);
-                        if split.is_some() {
-                            st.next_key += 1;
-                        }
+                        let split = self.split(&mut st, |s| {
+                            active.contains(&s.key) && !s.keyed_on_created(&self.spec)
+                        });
+                        // Otherwise a segment keyed on `created_at` may split after its page.
+                        st.split_wanted = split.is_none();
                         split
                     }
                     None => None,
                 };
                 if let Some(k) = key {
+                    st.split_wanted = false;
                     st.active.insert(k);
                     in_flight.fetch_add(1, Ordering::Relaxed);
                 }
@@ -527,7 +536,19 @@ impl<'e, S: Source> Walk<'e, S> {
             let Some(seg) = next.segment_mut(key) else {
                 return Ok(());
             };
+            let items = page.records.len();
             let applied = seg.apply(&self.spec, &req, page.records);
+            tracing::debug!(
+                stream = self.spec.name,
+                segment = key,
+                from = req.from,
+                to = req.to,
+                order = ?req.order,
+                items,
+                kept = applied.keep.len(),
+                done = applied.done,
+                "page"
+            );
             if applied.done {
                 next.remove(key);
             }
@@ -536,7 +557,32 @@ impl<'e, S: Source> Walk<'e, S> {
             if done {
                 return Ok(());
             }
+            if st.split_wanted
+                && self
+                    .split(&mut st, |s| s.key == key && s.keyed_on_created(&self.spec))
+                    .is_some()
+            {
+                st.split_wanted = false;
+            }
         }
+    }
+
+    /// Splits the largest eligible segment for another worker, if enough is left in it.
+    fn split(&self, st: &mut WalkState, eligible: impl Fn(&Segment) -> bool) -> Option<u64> {
+        let key = st.next_key;
+        let min_items = f64::from(self.limit.load(Ordering::Relaxed)) * SPLIT_MIN_PAGES;
+        let split = st.cursor.split_largest(eligible, key, min_items)?;
+        st.next_key += 1;
+        if let Some(seg) = st.cursor.segment_mut(split) {
+            tracing::debug!(
+                stream = self.spec.name,
+                segment = seg.key,
+                from = seg.from,
+                to = seg.to,
+                "window split for another worker"
+            );
+        }
+        Some(split)
     }
 
     /// Fetches a page, asking for less after "ask for less" answers. Returns the request
