@@ -25,9 +25,6 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 const SPACING_MARGIN: f64 = 1.05;
 /// How long requests go at half rate after a 429.
 const SLOW_DOWN_FOR: Duration = Duration::from_secs(60);
-/// Quiet time before the first request of a process: a previous process (crashed and
-/// restarted at once) may have used the last second, and its limiter died with it.
-const STARTUP_QUIET: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateError {
@@ -86,14 +83,17 @@ fn limiter_for(rps: u32) -> Limiter {
 
 impl Politeness {
     pub fn new(max_rps: u32, ban_backoff: Duration, ban_backoff_max: Duration) -> Self {
+        let limiter = limiter_for(max_rps);
+        // Start as if a request had just been sent: a previous process (crashed and restarted
+        // at once) sent its last request before this one started, so keeping one spacing
+        // after start-up continues its rhythm and no sliding second gets more than its
+        // share. (Two processes alive at once are another matter: see the README.)
+        let _ = limiter.check();
         Politeness {
             turn: tokio::sync::Semaphore::new(1),
-            limiter: limiter_for(max_rps),
+            limiter,
             slow_limiter: limiter_for((max_rps / 2).max(1)),
-            gates: Mutex::new(Gates {
-                paused_until: Some(Instant::now() + STARTUP_QUIET),
-                ..Gates::default()
-            }),
+            gates: Mutex::new(Gates::default()),
             ban_backoff,
             ban_backoff_max,
         }
@@ -259,6 +259,32 @@ mod tests {
         assert!(
             span >= Duration::from_secs_f64(19.0 * 1.02 / 7.0 - 0.01),
             "{span:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarted_process_continues_the_rhythm_of_the_one_before() {
+        let cancel = CancellationToken::new();
+        let mut sent = Vec::new();
+        for _process in 0..3 {
+            // Each "process" sends at full rate and dies; the next starts at once.
+            let p = Politeness::new(7, Duration::from_secs(60), Duration::from_secs(600));
+            for _ in 0..6 {
+                p.acquire(&cancel).await.unwrap();
+                sent.push(Instant::now());
+            }
+        }
+        assert!(
+            max_in_any_second(&sent) <= 7,
+            "{}",
+            max_in_any_second(&sent)
+        );
+        let gaps = sent.windows(2).map(|w| w[1] - w[0]);
+        let period = Duration::from_secs_f64(SPACING_MARGIN / 7.0);
+        assert!(
+            gaps.into_iter()
+                .all(|g| g + Duration::from_millis(2) >= period),
+            "every gap, across restarts too, is at least one spacing"
         );
     }
 

@@ -161,8 +161,9 @@ async fn kill_9_mid_sync_then_resume_is_exact() {
         "killed mid-way: {} leads",
         partial.len()
     );
-    // The restart is a new process, with its quiet second (t.app, built long before, would
-    // share the killed process's last second, as two live processes would).
+    // The restart is a new process, whose limiter starts one spacing after it (t.app, built
+    // long before, would not know the killed process's last request, as with two live
+    // processes).
     let settings = kommo_sync::config::Settings::load_from(None, t.env.clone()).unwrap();
     let restarted =
         kommo_sync::app::App::build(settings, tokio_util::sync::CancellationToken::new())
