@@ -91,15 +91,11 @@ mod tests {
     use super::*;
 
     fn sample(name: &str) -> Value {
-        let path = format!(
-            "{}/../shared/kommo-samples/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).unwrap(),
-            // The samples live beside the repository; CI clones it with shared/ next to it.
-            Err(_) => panic!("sample {path} is missing: shared/ must sit beside the repository"),
-        }
+        // Real response bodies from Kommo's and amoCRM's documentation (origin in SOURCES.md).
+        let path = format!("{}/tests/fixtures/kommo/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("fixture {path} cannot be read: {e}"));
+        serde_json::from_str(&text).unwrap()
     }
 
     #[test]
