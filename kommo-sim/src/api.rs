@@ -100,7 +100,7 @@ async fn counted_request(sim: &Arc<Sim>, req: Request, path: &str, arrival: Inst
     if method == Method::GET && (resp.status() == 200 || resp.status() == 204) {
         let pairs = query::pairs(query.as_deref());
         let key = query::query_key(method.as_str(), path, &pairs, ims.as_deref());
-        lock(&sim.counters).served_query(key);
+        lock(&sim.counters).served_query(key, Instant::now());
     }
     resp
 }
@@ -199,9 +199,13 @@ fn endpoint(sim: &Sim, req: &Request, path: &str) -> Response {
                 .filter(|(k, _)| k == "with")
                 .flat_map(|(_, v)| v.split(','))
                 .collect();
-            hal(&sim
+            let mut v = sim
                 .reference
-                .account_json(base, &with, sim.reference.users[0].id, now))
+                .account_json(base, &with, sim.reference.users[0].id, now);
+            // Kommo adds it for `with=is_api_filter_enabled`; always present here, so a client
+            // that forgets the `with` still sees the truth.
+            v["is_api_filter_enabled"] = json!(sim.api_filter_enabled());
+            hal(&v)
         }
         Route::Users => {
             paged_reference(path, base, &pairs, "users", sim.reference.users_json(base))
@@ -233,8 +237,11 @@ fn endpoint(sim: &Sim, req: &Request, path: &str) -> Response {
     }
 }
 
-/// `_links` of a page: self, next (only when the page is full), first and prev (page > 1).
-fn page_links(base: &str, path: &str, pairs: &[(String, String)], p: Paging, full: bool) -> Value {
+/// `_links` of a page: self, next (when `next`), first and prev (page > 1).
+///
+/// Entity lists and events pass `next = true` on every page: Kommo cannot count, so it links a
+/// next page even from the last one, and a client must not read the absence of `next` as the end.
+fn page_links(base: &str, path: &str, pairs: &[(String, String)], p: Paging, next: bool) -> Value {
     let kept: Vec<(String, String)> = pairs
         .iter()
         .filter(|(k, _)| k != "page" && k != "limit")
@@ -248,7 +255,7 @@ fn page_links(base: &str, path: &str, pairs: &[(String, String)], p: Paging, ful
     };
     let mut links = serde_json::Map::new();
     links.insert("self".into(), href(p.page));
-    if full {
+    if next {
         links.insert("next".into(), href(p.page + 1));
     }
     if p.page > 1 {
@@ -269,6 +276,10 @@ fn page_slice<T: Clone>(items: &[T], p: Paging) -> Vec<T> {
 }
 
 /// `GET /api/v4/{leads|contacts|companies|tasks}`.
+///
+/// Parameters are validated, then the account's [`query::ListRules`] apply: ignored parameters
+/// are dropped, the default order fills in, and a page-size cap silently shrinks `limit` (the
+/// offset follows the capped size, as on a server that caps).
 fn list(
     sim: &Sim,
     e: Entity,
@@ -276,7 +287,8 @@ fn list(
     pairs: &[(String, String)],
     headers: &HeaderMap,
 ) -> Response {
-    let mut params = match query::list_params(e, pairs) {
+    let rules = sim.list_rules();
+    let mut params = match query::list_params_with(e, pairs, &rules) {
         Ok(p) => p,
         Err(e) => return e.response(),
     };
@@ -295,39 +307,30 @@ fn list(
             f.updated_from = Some(f.updated_from.map_or(fl, |x| x.max(fl)));
         }
     }
-    let now = sim.now();
-    let delay = sim.visibility_delay();
-    let tie = sim.tie_order();
-    let p = params.paging;
-    let offset = ((p.page - 1) as usize).saturating_mul(p.limit as usize);
-    let page = {
-        let d = lock(&sim.data);
-        let mut rng = rand::thread_rng();
-        d.store.list(
-            e,
-            &params.filter,
-            now,
-            delay,
-            tie,
-            &mut rng,
-            offset,
-            p.limit as usize,
-        )
+    let p = Paging {
+        page: params.paging.page,
+        limit: rules.page_size(params.paging.limit),
     };
-    if page.is_empty() {
+    let offset = ((p.page - 1) as usize).saturating_mul(p.limit as usize);
+    let page = sim.list_page(e, &params.filter, offset, p.limit as usize);
+    if page.items.is_empty() {
         return problem::no_content();
     }
-    lock(&sim.counters).c.items_served += page.len() as u64;
-    let full = page.len() as i64 == params.paging.limit;
-    let links = page_links(&sim.base_url, path, pairs, params.paging, full);
-    let mut body = String::with_capacity(page.iter().map(|s| s.len() + 1).sum::<usize>() + 512);
+    {
+        let mut c = lock(&sim.counters);
+        c.c.items_served += page.items.len() as u64;
+        c.c.raced_items += page.raced;
+    }
+    let links = page_links(&sim.base_url, path, pairs, p, true);
+    let items = &page.items;
+    let mut body = String::with_capacity(items.iter().map(|s| s.len() + 1).sum::<usize>() + 512);
     body.push_str(&format!(
         "{{\"_page\":{},\"_links\":{},\"_embedded\":{{\"{}\":[",
-        params.paging.page,
+        p.page,
         links,
         e.as_str()
     ));
-    for (i, item) in page.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
@@ -385,10 +388,9 @@ fn events(sim: &Sim, path: &str, pairs: &[(String, String)]) -> Response {
     if page.is_empty() {
         return problem::no_content();
     }
-    let full = page.len() as i64 == p.limit;
     hal(&json!({
         "_page": p.page,
-        "_links": page_links(&sim.base_url, path, pairs, p, full),
+        "_links": page_links(&sim.base_url, path, pairs, p, true),
         "_embedded": {"events": page}
     }))
 }

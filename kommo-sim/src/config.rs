@@ -2,13 +2,17 @@
 //!
 //! Every knob that a test, a benchmark or the CLI can turn lives here, with defaults that match
 //! what Kommo documents (7 rps, `retry_after: 300`, 24 h access tokens). Knobs that tests flip while
-//! the server runs (IMS mode, visibility delay, latency, tie order) are copied into the running
-//! [`crate::Sim`] and changed there.
+//! the server runs (IMS mode, visibility delay, latency, tie order, and the list behaviours Kommo
+//! leaves open: range bounds, ignored parameters, default order, racing edits, a page-size cap)
+//! are copied into the running [`crate::Sim`] and changed there.
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::entity::Entity;
 
 /// How `If-Modified-Since` compares with an entity's `updated_at`.
 ///
@@ -66,6 +70,236 @@ impl FromStr for TieOrder {
     }
 }
 
+/// Whether `filter[updated_at|created_at][from|to]` on entity lists include their bound.
+///
+/// Kommo does not say whether `[from]=X` means `>= X` or `> X` (nor `[to]`), so a client must
+/// neither lose nor double-count the entities sitting exactly on a bound under any of these.
+/// A bare `filter[updated_at]=X` always means "exactly that second".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bounds {
+    /// `[from]=X` keeps `>= X`, `[to]=Y` keeps `<= Y`.
+    #[default]
+    Inclusive,
+    /// `[from]=X` keeps `> X`; `[to]` is inclusive.
+    ExclusiveFrom,
+    /// `[to]=Y` keeps `< Y`; `[from]` is inclusive.
+    ExclusiveTo,
+    /// Both bounds exclusive.
+    Exclusive,
+}
+
+impl Bounds {
+    /// Whether `[from]` excludes its value.
+    pub fn excludes_from(self) -> bool {
+        matches!(self, Bounds::ExclusiveFrom | Bounds::Exclusive)
+    }
+
+    /// Whether `[to]` excludes its value.
+    pub fn excludes_to(self) -> bool {
+        matches!(self, Bounds::ExclusiveTo | Bounds::Exclusive)
+    }
+}
+
+impl FromStr for Bounds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "inclusive" => Ok(Bounds::Inclusive),
+            "exclusive-from" => Ok(Bounds::ExclusiveFrom),
+            "exclusive-to" => Ok(Bounds::ExclusiveTo),
+            "exclusive" => Ok(Bounds::Exclusive),
+            other => Err(format!(
+                "unknown bounds {other:?} (expected inclusive, exclusive-from, exclusive-to or exclusive)"
+            )),
+        }
+    }
+}
+
+/// A list query parameter (or family of them) that an account may silently ignore.
+///
+/// On Kommo, API filtering is an "Alpha" feature enabled per account; where it is off every
+/// `filter[...]` is dropped without an error. Whether an unsupported `order[...]` is refused or
+/// dropped is unknown too. The simulator can drop each of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Param {
+    #[serde(rename = "filter[updated_at]")]
+    FilterUpdatedAt,
+    #[serde(rename = "filter[created_at]")]
+    FilterCreatedAt,
+    #[serde(rename = "filter[id]")]
+    FilterId,
+    /// Every `filter[...]` (an account whose API filtering is off).
+    #[serde(rename = "filter")]
+    Filters,
+    #[serde(rename = "order[updated_at]")]
+    OrderUpdatedAt,
+    #[serde(rename = "order[created_at]")]
+    OrderCreatedAt,
+    #[serde(rename = "order[id]")]
+    OrderId,
+}
+
+impl Param {
+    /// Every parameter, in the order `--help` lists them.
+    pub const ALL: [Param; 7] = [
+        Param::FilterUpdatedAt,
+        Param::FilterCreatedAt,
+        Param::FilterId,
+        Param::Filters,
+        Param::OrderUpdatedAt,
+        Param::OrderCreatedAt,
+        Param::OrderId,
+    ];
+
+    /// The parameter as a client spells it (`filter` = every filter).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Param::FilterUpdatedAt => "filter[updated_at]",
+            Param::FilterCreatedAt => "filter[created_at]",
+            Param::FilterId => "filter[id]",
+            Param::Filters => "filter",
+            Param::OrderUpdatedAt => "order[updated_at]",
+            Param::OrderCreatedAt => "order[created_at]",
+            Param::OrderId => "order[id]",
+        }
+    }
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Param {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        Param::ALL
+            .into_iter()
+            .find(|p| p.as_str() == t)
+            .ok_or_else(|| {
+                let forms: Vec<&str> = Param::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown parameter {s:?} (expected {})", forms.join(", "))
+            })
+    }
+}
+
+/// A parameter silently dropped from the lists of one kind (`entity: None` = every list).
+///
+/// Written `ENTITY:PARAM` on the command line, e.g. `leads:filter[updated_at]` or `*:filter`;
+/// in JSON either that string or `{"entity": "leads" | "*" | null, "param": "filter[id]"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "IgnoredRepr")]
+pub struct IgnoredParam {
+    /// The list it applies to; `None` = every entity list.
+    pub entity: Option<Entity>,
+    pub param: Param,
+}
+
+impl IgnoredParam {
+    /// Whether this applies to the lists of `e`.
+    pub fn applies_to(&self, e: Entity) -> bool {
+        self.entity.is_none_or(|x| x == e)
+    }
+}
+
+/// The two JSON spellings of an [`IgnoredParam`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IgnoredRepr {
+    Text(String),
+    Object {
+        #[serde(default)]
+        entity: Option<String>,
+        param: Param,
+    },
+}
+
+impl TryFrom<IgnoredRepr> for IgnoredParam {
+    type Error = String;
+    fn try_from(r: IgnoredRepr) -> Result<Self, Self::Error> {
+        match r {
+            IgnoredRepr::Text(s) => s.parse(),
+            IgnoredRepr::Object { entity, param } => Ok(IgnoredParam {
+                entity: parse_entity_scope(entity.as_deref().unwrap_or("*"))?,
+                param,
+            }),
+        }
+    }
+}
+
+/// `*` = every list, else one entity kind (plural, as in the URL).
+fn parse_entity_scope(s: &str) -> Result<Option<Entity>, String> {
+    match s.trim() {
+        "*" => Ok(None),
+        "leads" => Ok(Some(Entity::Leads)),
+        "contacts" => Ok(Some(Entity::Contacts)),
+        "companies" => Ok(Some(Entity::Companies)),
+        "tasks" => Ok(Some(Entity::Tasks)),
+        other => Err(format!(
+            "unknown entity {other:?} (expected leads, contacts, companies, tasks or *)"
+        )),
+    }
+}
+
+impl fmt::Display for IgnoredParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = self.entity.map_or("*", Entity::as_str);
+        write!(f, "{scope}:{}", self.param)
+    }
+}
+
+impl FromStr for IgnoredParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "expected ENTITY:PARAM with ENTITY = leads, contacts, companies, tasks or *, \
+                     and PARAM = filter[updated_at], filter[created_at], filter[id], filter, \
+                     order[updated_at], order[created_at] or order[id]";
+        let (entity, param) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} has no ':' ({usage})"))?;
+        Ok(IgnoredParam {
+            entity: parse_entity_scope(entity)
+                .map_err(|_| format!("unknown entity {entity:?} ({usage})"))?,
+            param: param
+                .parse()
+                .map_err(|_: String| format!("unknown parameter {param:?} ({usage})"))?,
+        })
+    }
+}
+
+/// The order of a list that carries no (honoured) `order[...]`.
+///
+/// Kommo does not document it; a client that omits `order` (or whose order is ignored) must not
+/// assume ids ascending.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultOrder {
+    /// Ids ascending.
+    #[default]
+    IdAsc,
+    /// Ids descending (newest entities first).
+    IdDesc,
+    /// Most recently updated first (ties per the tie order).
+    UpdatedAtDesc,
+}
+
+impl FromStr for DefaultOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "id-asc" => Ok(DefaultOrder::IdAsc),
+            "id-desc" => Ok(DefaultOrder::IdDesc),
+            "updated-at-desc" => Ok(DefaultOrder::UpdatedAtDesc),
+            other => Err(format!(
+                "unknown default order {other:?} (expected id-asc, id-desc or updated-at-desc)"
+            )),
+        }
+    }
+}
+
 /// Everything the simulator needs to build and run one account.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -108,6 +342,20 @@ pub struct SimConfig {
     pub clock_offset_secs: i64,
     /// Tokens and OAuth client.
     pub auth: AuthConfig,
+    /// Initial inclusiveness of `filter[...][from|to]` on entity lists.
+    pub bounds: Bounds,
+    /// Initial list parameters dropped without an error, as if the client had not sent them.
+    pub ignored: Vec<IgnoredParam>,
+    /// Initial order of lists without an honoured `order[...]`.
+    pub default_order: DefaultOrder,
+    /// Initial probability, per entity list page with items, that one item of the page is
+    /// edited between the list's selection and the body's rendering (0.0 = never).
+    pub race_rate: f64,
+    /// Initial silent cap on entity list pages, whatever `limit` asks (`None` = no cap).
+    pub max_page_size: Option<usize>,
+    /// Entities of each kind seeded as one import: they share a `created_at` and `updated_at`
+    /// second about a third of the way back (0 = no import).
+    pub import_crowd: usize,
 }
 
 impl Default for SimConfig {
@@ -132,6 +380,12 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             clock_offset_secs: 0,
             auth: AuthConfig::default(),
+            bounds: Bounds::Inclusive,
+            ignored: Vec::new(),
+            default_order: DefaultOrder::IdAsc,
+            race_rate: 0.0,
+            max_page_size: None,
+            import_crowd: 0,
         }
     }
 }
@@ -166,5 +420,82 @@ impl Default for AuthConfig {
             refresh_token_ttl: Duration::from_secs(90 * 86_400),
             auth_codes: vec!["sim-code".to_string()],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_parse_from_cli_spellings() {
+        assert_eq!(
+            "exclusive-from".parse::<Bounds>(),
+            Ok(Bounds::ExclusiveFrom)
+        );
+        assert_eq!("Exclusive_To".parse::<Bounds>(), Ok(Bounds::ExclusiveTo));
+        assert!("open"
+            .parse::<Bounds>()
+            .unwrap_err()
+            .contains("inclusive, exclusive-from"));
+        assert_eq!("id-desc".parse::<DefaultOrder>(), Ok(DefaultOrder::IdDesc));
+        assert_eq!(
+            "updated_at_desc".parse::<DefaultOrder>(),
+            Ok(DefaultOrder::UpdatedAtDesc)
+        );
+        for p in Param::ALL {
+            assert_eq!(p.as_str().parse::<Param>(), Ok(p));
+        }
+    }
+
+    #[test]
+    fn ignored_params_round_trip_and_explain_errors() {
+        let ip: IgnoredParam = "tasks:order[created_at]".parse().unwrap();
+        assert_eq!(
+            ip,
+            IgnoredParam {
+                entity: Some(Entity::Tasks),
+                param: Param::OrderCreatedAt
+            }
+        );
+        assert_eq!(ip.to_string(), "tasks:order[created_at]");
+        let all: IgnoredParam = "*:filter".parse().unwrap();
+        assert_eq!(all.entity, None);
+        assert!(all.applies_to(Entity::Leads) && all.applies_to(Entity::Tasks));
+        assert!(!ip.applies_to(Entity::Leads));
+        for bad in ["leads", "lead:filter", "leads:filter[name]", ":filter"] {
+            let e = bad.parse::<IgnoredParam>().unwrap_err();
+            assert!(e.contains("ENTITY:PARAM"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ignored_params_in_json() {
+        let v: Vec<IgnoredParam> = serde_json::from_str(
+            r#"["*:filter", {"entity": "leads", "param": "filter[id]"},
+                {"entity": null, "param": "order[id]"}, {"entity": "*", "param": "filter[created_at]"},
+                {"param": "order[updated_at]"}]"#,
+        )
+        .unwrap();
+        let want = [
+            (None, Param::Filters),
+            (Some(Entity::Leads), Param::FilterId),
+            (None, Param::OrderId),
+            (None, Param::FilterCreatedAt),
+            (None, Param::OrderUpdatedAt),
+        ];
+        assert_eq!(v.len(), want.len());
+        for (got, (entity, param)) in v.iter().zip(want) {
+            assert_eq!((got.entity, got.param), (entity, param));
+        }
+        let out = serde_json::to_value(v[1]).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"entity": "leads", "param": "filter[id]"})
+        );
+        assert!(serde_json::from_str::<IgnoredParam>(r#""deals:filter""#).is_err());
+        assert!(
+            serde_json::from_str::<IgnoredParam>(r#"{"entity": "leads", "param": "x"}"#).is_err()
+        );
     }
 }

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{ImsMode, TieOrder};
+use crate::config::{Bounds, DefaultOrder, IgnoredParam, ImsMode, TieOrder};
 use crate::entity::Entity;
 use crate::faults::Fault;
 use crate::mutator::MutatorConfig;
@@ -31,6 +31,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/faults", post(faults).delete(clear_faults))
         .route("/_sim/ban", post(ban))
         .route("/_sim/settings", post(settings))
+        .route("/_sim/race", post(race))
         .route("/_sim/mutate", post(mutate))
         .route("/_sim/mutator/start", post(mutator_start))
         .route("/_sim/mutator/stop", post(mutator_stop))
@@ -63,6 +64,12 @@ async fn health(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "tie_order": sim.tie_order(),
         "visibility_delay_secs": sim.visibility_delay(),
         "latency_ms": sim.latency().as_millis() as u64,
+        "bounds": sim.bounds(),
+        "ignored": sim.ignored(),
+        "default_order": sim.default_order(),
+        "race_rate": sim.race_rate(),
+        "races_pending": sim.races_pending(),
+        "max_page_size": sim.max_page_size(),
         "ban_remaining_secs": sim.ban_remaining().map(|d| d.as_secs_f64()),
         "faults_pending": lock(&sim.faults).pending(),
         "mutator": mutator,
@@ -140,12 +147,35 @@ async fn ban(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, String
     }
 }
 
+/// Knobs to change; an absent field is left as it is.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SettingsReq {
     ims_mode: Option<ImsMode>,
     tie_order: Option<TieOrder>,
     visibility_delay_secs: Option<i64>,
     latency_ms: Option<u64>,
+    bounds: Option<Bounds>,
+    /// Replaces the whole set (`[]` = nothing ignored).
+    ignored: Option<Vec<IgnoredParam>>,
+    default_order: Option<DefaultOrder>,
+    race_rate: Option<f64>,
+    /// 0 removes the cap.
+    max_page_size: Option<usize>,
+}
+
+fn settings_json(sim: &Sim) -> Value {
+    json!({
+        "ims_mode": sim.ims_mode(),
+        "tie_order": sim.tie_order(),
+        "visibility_delay_secs": sim.visibility_delay(),
+        "latency_ms": sim.latency().as_millis() as u64,
+        "bounds": sim.bounds(),
+        "ignored": sim.ignored(),
+        "default_order": sim.default_order(),
+        "race_rate": sim.race_rate(),
+        "max_page_size": sim.max_page_size(),
+    })
 }
 
 async fn settings(State(sim): State<Arc<Sim>>, Json(s): Json<SettingsReq>) -> Json<Value> {
@@ -161,12 +191,34 @@ async fn settings(State(sim): State<Arc<Sim>>, Json(s): Json<SettingsReq>) -> Js
     if let Some(ms) = s.latency_ms {
         sim.set_latency(Duration::from_millis(ms));
     }
-    Json(json!({
-        "ims_mode": sim.ims_mode(),
-        "tie_order": sim.tie_order(),
-        "visibility_delay_secs": sim.visibility_delay(),
-        "latency_ms": sim.latency().as_millis() as u64,
-    }))
+    if let Some(b) = s.bounds {
+        sim.set_bounds(b);
+    }
+    if let Some(i) = s.ignored {
+        sim.set_ignored(i);
+    }
+    if let Some(o) = s.default_order {
+        sim.set_default_order(o);
+    }
+    if let Some(r) = s.race_rate {
+        sim.set_race_rate(r);
+    }
+    if let Some(n) = s.max_page_size {
+        sim.set_max_page_size(Some(n));
+    }
+    Json(settings_json(&sim))
+}
+
+#[derive(Deserialize)]
+struct RaceReq {
+    #[serde(default = "one")]
+    count: u32,
+    position: Option<usize>,
+}
+
+async fn race(State(sim): State<Arc<Sim>>, Json(r): Json<RaceReq>) -> Json<Value> {
+    sim.queue_races(r.count, r.position);
+    Json(json!({"ok": true, "pending": sim.races_pending()}))
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,8 @@
 //! consistency, shuffled ties, bans, 5xx, timeouts, truncated bodies). See `docs/simulator.md`.
 //!
 //! Crate map:
-//! - [`config`]: [`SimConfig`], [`AuthConfig`], [`ImsMode`], [`TieOrder`].
+//! - [`config`]: [`SimConfig`], [`AuthConfig`], [`ImsMode`], [`TieOrder`], and the list
+//!   behaviours Kommo leaves open: [`Bounds`], [`IgnoredParam`] / [`Param`], [`DefaultOrder`].
 //! - [`clock`]: the sim clock (system UTC + offset, advanced by tests).
 //! - [`entity`]: [`Entity`], the four synced kinds.
 //! - [`reference`]: users, pipelines, custom field definitions and their endpoints' JSON.
@@ -44,11 +45,13 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub use config::{AuthConfig, ImsMode, SimConfig, TieOrder};
+pub use config::{
+    AuthConfig, Bounds, DefaultOrder, IgnoredParam, ImsMode, Param, SimConfig, TieOrder,
+};
 pub use counters::Counters;
 pub use entity::Entity;
 pub use faults::Fault;
-pub use mutator::{MutatorConfig, MutatorHandle, MutatorStats};
+pub use mutator::{Focus, MutatorConfig, MutatorHandle, MutatorStats};
 pub use sim::Sim;
 
 /// The whole HTTP app for a simulator: /_sim control routes plus the counted Kommo surface.

@@ -4,13 +4,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use kommo_sim::{AuthConfig, ImsMode, MutatorConfig, SimConfig, SimServer, TieOrder};
+use kommo_sim::{
+    AuthConfig, Bounds, DefaultOrder, Entity, Focus, IgnoredParam, ImsMode, MutatorConfig,
+    SimConfig, SimServer, TieOrder,
+};
 
 /// A faithful in-memory simulator of the Kommo CRM API v4 (limits included).
 ///
 /// Serves /api/v4/{leads,contacts,companies,tasks,events,account,users,...} and
 /// /oauth2/access_token like a Kommo account, plus /_sim/* control endpoints
-/// (health, counters, dump, clock, faults, ban, settings, mutate, mutator).
+/// (health, counters, dump, clock, faults, ban, settings, race, mutate, mutator).
+/// Switches for what Kommo leaves undocumented (--ims-mode, --tie-order, --bounds,
+/// --ignore-param, --default-order, --race-rate, --max-page-size) let a client be tested
+/// against each way the real API may behave.
 /// See docs/simulator.md.
 #[derive(Parser, Debug)]
 #[command(name = "kommo-sim", version)]
@@ -93,6 +99,49 @@ struct Cli {
     /// Background mutator: entities per bulk edit.
     #[arg(long, default_value_t = 1000)]
     mutator_bulk_size: usize,
+    /// Background mutator: where edits and deletes strike: uniform (any live entity) or crowd
+    /// (entities still on their kind's most crowded updated_at second, found at start).
+    #[arg(long, default_value = "uniform", value_parser = |s: &str| s.parse::<Focus>())]
+    mutator_focus: Focus,
+    /// Background mutator: kinds it touches, comma-separated (default: all four).
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Entity>())]
+    mutator_kinds: Option<Vec<Entity>>,
+    /// Whether filter[updated_at|created_at][from|to] include their value: inclusive (>= from,
+    /// <= to), exclusive-from (> from), exclusive-to (< to) or exclusive (both). A bare
+    /// filter[updated_at]=X always means that second.
+    #[arg(long, default_value = "inclusive", value_parser = |s: &str| s.parse::<Bounds>())]
+    bounds: Bounds,
+    /// Drop a list parameter silently, as if never sent (after validation), as ENTITY:PARAM;
+    /// repeatable. ENTITY: leads, contacts, companies, tasks or * (every list). PARAM:
+    /// filter[updated_at], filter[created_at], filter[id], filter (every filter: an account whose
+    /// API filtering is off; /api/v4/account then says is_api_filter_enabled: false when ENTITY is
+    /// *), order[updated_at], order[created_at] or order[id].
+    #[arg(long = "ignore-param", value_name = "ENTITY:PARAM", value_parser = |s: &str| s.parse::<IgnoredParam>())]
+    ignored: Vec<IgnoredParam>,
+    /// Order of entity lists without an honoured order[...]: id-asc, id-desc or updated-at-desc.
+    #[arg(long, default_value = "id-asc", value_parser = |s: &str| s.parse::<DefaultOrder>())]
+    default_order: DefaultOrder,
+    /// Probability (0..=1), per entity list page with items, that one item of the page is edited
+    /// after the page was selected and before it is rendered: the body shows the new version
+    /// (updated_at = now, beyond the requested window) at the old position.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    race_rate: f64,
+    /// Silently serve at most N items per entity list page whatever limit asks; links and
+    /// offsets follow N (a server that changed its page size without notice). Default: no cap.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_page_size: Option<u64>,
+    /// Seed an import: N entities of each kind (or all, if fewer) with consecutive ids sharing
+    /// one created_at and updated_at second, about a third of the way back (0 = none).
+    #[arg(long, default_value_t = 0)]
+    import_crowd: usize,
+}
+
+/// A probability between 0 and 1.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }
 
 impl Cli {
@@ -123,7 +172,28 @@ impl Cli {
                 auth_codes: self.auth_codes.clone(),
                 ..AuthConfig::default()
             },
+            bounds: self.bounds,
+            ignored: self.ignored.clone(),
+            default_order: self.default_order,
+            race_rate: self.race_rate,
+            max_page_size: self.max_page_size.map(|n| n as usize),
+            import_crowd: self.import_crowd,
             ..SimConfig::default()
+        }
+    }
+}
+
+impl Cli {
+    fn mutator_config(&self) -> MutatorConfig {
+        MutatorConfig {
+            ops_per_sec: self.mutator_ops_per_sec,
+            bulk_every: (self.mutator_bulk_every_secs > 0)
+                .then(|| Duration::from_secs(self.mutator_bulk_every_secs)),
+            bulk_size: self.mutator_bulk_size,
+            seed: self.seed,
+            focus: self.mutator_focus,
+            kinds: self.mutator_kinds.clone(),
+            ..MutatorConfig::default()
         }
     }
 }
@@ -160,16 +230,8 @@ async fn main() -> anyhow::Result<()> {
         Some(t) => println!("token: {t}"),
         None => println!("token: none (OAuth only; client_id {})", cfg.auth.client_id),
     }
-    let mutator = (cli.mutator_ops_per_sec > 0 || cli.mutator_bulk_every_secs > 0).then(|| {
-        server.sim().start_mutator(MutatorConfig {
-            ops_per_sec: cli.mutator_ops_per_sec,
-            bulk_every: (cli.mutator_bulk_every_secs > 0)
-                .then(|| Duration::from_secs(cli.mutator_bulk_every_secs)),
-            bulk_size: cli.mutator_bulk_size,
-            seed: cli.seed,
-            ..MutatorConfig::default()
-        })
-    });
+    let mutator = (cli.mutator_ops_per_sec > 0 || cli.mutator_bulk_every_secs > 0)
+        .then(|| server.sim().start_mutator(cli.mutator_config()));
     shutdown_signal().await;
     if let Some(m) = mutator {
         let stats = m.stop().await;
@@ -178,4 +240,112 @@ async fn main() -> anyhow::Result<()> {
     server.stop().await;
     println!("kommo-sim stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use kommo_sim::Param;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kommo-sim").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_sim_config() {
+        let cfg = parse(&[]).unwrap().config();
+        let d = SimConfig::default();
+        assert_eq!(cfg.bounds, d.bounds);
+        assert_eq!(cfg.ignored, d.ignored);
+        assert_eq!(cfg.default_order, d.default_order);
+        assert_eq!(cfg.race_rate, d.race_rate);
+        assert_eq!(cfg.max_page_size, d.max_page_size);
+        assert_eq!(cfg.import_crowd, d.import_crowd);
+        let m = parse(&[]).unwrap().mutator_config();
+        assert_eq!((m.focus, m.kinds), (Focus::Uniform, None));
+    }
+
+    #[test]
+    fn list_behaviour_flags_parse() {
+        let cli = parse(&[
+            "--bounds",
+            "exclusive-from",
+            "--ignore-param",
+            "leads:filter[updated_at]",
+            "--ignore-param",
+            "*:filter",
+            "--default-order",
+            "updated-at-desc",
+            "--race-rate",
+            "0.25",
+            "--max-page-size",
+            "100",
+            "--import-crowd",
+            "700",
+            "--mutator-focus",
+            "crowd",
+            "--mutator-kinds",
+            "leads,tasks",
+        ])
+        .unwrap();
+        let cfg = cli.config();
+        assert_eq!(cfg.bounds, Bounds::ExclusiveFrom);
+        assert_eq!(
+            cfg.ignored,
+            vec![
+                IgnoredParam {
+                    entity: Some(Entity::Leads),
+                    param: Param::FilterUpdatedAt
+                },
+                IgnoredParam {
+                    entity: None,
+                    param: Param::Filters
+                },
+            ]
+        );
+        assert_eq!(cfg.default_order, DefaultOrder::UpdatedAtDesc);
+        assert_eq!(cfg.race_rate, 0.25);
+        assert_eq!(cfg.max_page_size, Some(100));
+        assert_eq!(cfg.import_crowd, 700);
+        let m = cli.mutator_config();
+        assert_eq!(m.focus, Focus::Crowd);
+        assert_eq!(m.kinds, Some(vec![Entity::Leads, Entity::Tasks]));
+    }
+
+    #[test]
+    fn bad_values_name_the_accepted_forms() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        let e = err(&["--ignore-param", "deals:filter[id]"]);
+        assert!(e.contains("leads, contacts, companies, tasks or *"), "{e}");
+        let e = err(&["--ignore-param", "leads:filter[name]"]);
+        assert!(
+            e.contains("filter[updated_at]") && e.contains("order[id]"),
+            "{e}"
+        );
+        let e = err(&["--ignore-param", "leads"]);
+        assert!(e.contains("ENTITY:PARAM"), "{e}");
+        assert!(err(&["--bounds", "open"]).contains("exclusive-from"));
+        assert!(err(&["--default-order", "random"]).contains("updated-at-desc"));
+        assert!(err(&["--race-rate", "1.5"]).contains("probability"));
+        assert!(parse(&["--max-page-size", "0"]).is_err());
+        assert!(err(&["--mutator-focus", "edges"]).contains("uniform or crowd"));
+    }
+
+    #[test]
+    fn help_lists_every_new_flag() {
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--bounds",
+            "--ignore-param",
+            "--default-order",
+            "--race-rate",
+            "--max-page-size",
+            "--import-crowd",
+            "--mutator-focus",
+            "--mutator-kinds",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
 }

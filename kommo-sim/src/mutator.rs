@@ -2,7 +2,9 @@
 //! periodic bulk edits that put many entities on one `updated_at` second.
 //!
 //! Operations are paced in real time (`ops_per_sec`) but stamped with the sim clock, so a test
-//! that advances the clock sees the churn at the new time.
+//! that advances the clock sees the churn at the new time. With [`Focus::Crowd`], edits and
+//! deletes aim at the most crowded `updated_at` second of each kind: the entities a client is
+//! walking when it splits a crowded second, and so the churn most likely to break that walk.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +18,31 @@ use tokio::time::MissedTickBehavior;
 
 use crate::entity::Entity;
 use crate::sim::{lock, Sim};
+
+/// Where edits and deletes pick their victims.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Focus {
+    /// Any live entity of the chosen kind.
+    #[default]
+    Uniform,
+    /// Live entities of the chosen kind still on that kind's most crowded `updated_at` second
+    /// (as it was when the mutator started); uniform once that crowd is gone.
+    Crowd,
+}
+
+impl std::str::FromStr for Focus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "uniform" => Ok(Focus::Uniform),
+            "crowd" => Ok(Focus::Crowd),
+            other => Err(format!(
+                "unknown mutator focus {other:?} (expected uniform or crowd)"
+            )),
+        }
+    }
+}
 
 /// What the mutator does. In JSON, `bulk_every` is in seconds (alias `bulk_every_secs`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,6 +61,10 @@ pub struct MutatorConfig {
     pub create_ratio: f64,
     /// Seed of the mutator's choices.
     pub seed: u64,
+    /// Where edits and deletes (single ones; bulk edits stay uniform) pick their victims.
+    pub focus: Focus,
+    /// Kinds the mutator touches (`None` = all four; an empty list = none).
+    pub kinds: Option<Vec<Entity>>,
 }
 
 impl Default for MutatorConfig {
@@ -45,6 +76,8 @@ impl Default for MutatorConfig {
             delete_ratio: 0.05,
             create_ratio: 0.3,
             seed: 0,
+            focus: Focus::Uniform,
+            kinds: None,
         }
     }
 }
@@ -89,6 +122,11 @@ pub(crate) fn start(sim: Arc<Sim>, cfg: MutatorConfig) -> MutatorHandle {
     let st = stats.clone();
     let join = tokio::spawn(async move {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let kinds: Vec<Entity> = cfg.kinds.clone().unwrap_or_else(|| Entity::ALL.to_vec());
+        let mut crowds = match cfg.focus {
+            Focus::Uniform => Crowds::default(),
+            Focus::Crowd => Crowds::of(&sim, &kinds),
+        };
         let mut ops = (cfg.ops_per_sec > 0).then(|| {
             let mut i =
                 tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.ops_per_sec as f64));
@@ -104,10 +142,15 @@ pub(crate) fn start(sim: Arc<Sim>, cfg: MutatorConfig) -> MutatorHandle {
             tokio::select! {
                 _ = rx.wait_for(|s| *s) => break,
                 _ = async { ops.as_mut().expect("guarded").tick().await }, if ops.is_some() => {
-                    one_op(&sim, &cfg, &mut rng, &st);
+                    if !kinds.is_empty() {
+                        one_op(&sim, &cfg, &kinds, &mut crowds, &mut rng, &st);
+                    }
                 }
                 _ = async { bulk.as_mut().expect("guarded").tick().await }, if bulk.is_some() => {
-                    let e = Entity::ALL[rng.gen_range(0..Entity::ALL.len())];
+                    if kinds.is_empty() {
+                        continue;
+                    }
+                    let e = kinds[rng.gen_range(0..kinds.len())];
                     let n = sim.bulk_edit(e, cfg.bulk_size).len() as u64;
                     let mut s = lock(&st);
                     s.bulk_edits += 1;
@@ -123,11 +166,58 @@ pub(crate) fn start(sim: Arc<Sim>, cfg: MutatorConfig) -> MutatorHandle {
     }
 }
 
-fn one_op(sim: &Sim, cfg: &MutatorConfig, rng: &mut ChaCha8Rng, stats: &Mutex<MutatorStats>) {
-    let e = Entity::ALL[rng.gen_range(0..Entity::ALL.len())];
+/// The crowd of each kind, as found when the mutator started: its second and the ids still
+/// believed to be on it (members found to have left are dropped).
+#[derive(Debug, Default)]
+struct Crowds {
+    of_kind: [Option<(i64, Vec<i64>)>; 4],
+}
+
+/// Picks of a crowd member tried before falling back to a uniform victim.
+const CROWD_TRIES: usize = 8;
+
+impl Crowds {
+    fn of(sim: &Sim, kinds: &[Entity]) -> Crowds {
+        let mut c = Crowds::default();
+        for &e in kinds {
+            c.of_kind[e.index()] = sim.crowd(e);
+        }
+        c
+    }
+
+    /// A live member of `e`'s crowd still on its second, if one turns up in a few tries.
+    fn victim(&mut self, sim: &Sim, e: Entity, rng: &mut ChaCha8Rng) -> Option<i64> {
+        let (second, ids) = self.of_kind[e.index()].as_mut()?;
+        for _ in 0..CROWD_TRIES {
+            if ids.is_empty() {
+                return None;
+            }
+            let i = rng.gen_range(0..ids.len());
+            if sim.updated_at_of(e, ids[i]) == Some(*second) {
+                return Some(ids[i]);
+            }
+            ids.swap_remove(i);
+        }
+        None
+    }
+}
+
+fn one_op(
+    sim: &Sim,
+    cfg: &MutatorConfig,
+    kinds: &[Entity],
+    crowds: &mut Crowds,
+    rng: &mut ChaCha8Rng,
+    stats: &Mutex<MutatorStats>,
+) {
+    let e = kinds[rng.gen_range(0..kinds.len())];
     let r: f64 = rng.gen();
+    let mut victim = |rng: &mut ChaCha8Rng| match crowds.victim(sim, e, rng) {
+        Some(id) => vec![id],
+        None => sim.random_live_ids(e, 1, rng),
+    };
     if r < cfg.delete_ratio {
-        let ids = sim.random_live_ids(e, 1, rng);
+        let ids = victim(rng);
         if !ids.is_empty() {
             sim.delete(e, &ids);
             lock(stats).deletes += 1;
@@ -136,7 +226,7 @@ fn one_op(sim: &Sim, cfg: &MutatorConfig, rng: &mut ChaCha8Rng, stats: &Mutex<Mu
         sim.create(e, 1);
         lock(stats).creates += 1;
     } else {
-        let ids = sim.random_live_ids(e, 1, rng);
+        let ids = victim(rng);
         if !ids.is_empty() {
             sim.edit(e, &ids);
             lock(stats).edits += 1;

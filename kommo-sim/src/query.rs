@@ -3,9 +3,12 @@
 //! Kommo's brackets syntax (`filter[id][]=1&filter[id][]=2`, `order[updated_at]=desc`) repeats
 //! keys, so the query is read as ordered pairs rather than a map. Invalid values give the 400
 //! a client would get from Kommo; unknown parameters are ignored, as Kommo ignores them.
+//! [`ListRules`] carry the behaviours Kommo leaves open (bound inclusiveness, parameters an
+//! account drops, the default order, a silent page-size cap).
 
 use std::collections::HashSet;
 
+use crate::config::{Bounds, DefaultOrder, IgnoredParam, Param};
 use crate::entity::Entity;
 use crate::events::EventFilter;
 use crate::problem;
@@ -108,6 +111,65 @@ pub struct ListParams {
     pub filter: ListFilter,
 }
 
+/// How the running account reads entity list queries where Kommo's documentation is silent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListRules {
+    /// Whether `[from]` / `[to]` include their value.
+    pub bounds: Bounds,
+    /// Parameters dropped after validation, as if never sent.
+    pub ignored: Vec<IgnoredParam>,
+    /// Order used when no honoured `order[...]` remains.
+    pub default_order: DefaultOrder,
+    /// Silent cap on items per page (`None` = `limit` is obeyed).
+    pub max_page_size: Option<usize>,
+}
+
+impl ListRules {
+    /// The page size a server with this cap really uses for a requested `limit`.
+    pub fn page_size(&self, asked: i64) -> i64 {
+        match self.max_page_size {
+            Some(cap) => asked.min(cap.max(1) as i64),
+            None => asked,
+        }
+    }
+
+    /// Whether every `filter[...]` is dropped on every list (Kommo's `is_api_filter_enabled`
+    /// is then false).
+    pub fn filters_off_everywhere(&self) -> bool {
+        self.ignored
+            .iter()
+            .any(|i| i.entity.is_none() && i.param == Param::Filters)
+    }
+
+    /// Drops the ignored parameters of `e` from a validated filter, then applies the default
+    /// order if no order is left.
+    fn apply(&self, e: Entity, f: &mut ListFilter) {
+        for ig in self.ignored.iter().filter(|i| i.applies_to(e)) {
+            let drop_order = |f: &mut ListFilter, s: SortField| f.order.retain(|(x, _)| *x != s);
+            match ig.param {
+                Param::FilterUpdatedAt => (f.updated_from, f.updated_to) = (None, None),
+                Param::FilterCreatedAt => (f.created_from, f.created_to) = (None, None),
+                Param::FilterId => f.ids = None,
+                Param::Filters => {
+                    (f.updated_from, f.updated_to) = (None, None);
+                    (f.created_from, f.created_to) = (None, None);
+                    f.ids = None;
+                }
+                Param::OrderUpdatedAt => drop_order(f, SortField::UpdatedAt),
+                Param::OrderCreatedAt => drop_order(f, SortField::CreatedAt),
+                Param::OrderId => drop_order(f, SortField::Id),
+            }
+        }
+        if f.order.is_empty() {
+            match self.default_order {
+                DefaultOrder::IdAsc => {}
+                DefaultOrder::IdDesc => f.order.push((SortField::Id, true)),
+                DefaultOrder::UpdatedAtDesc => f.order.push((SortField::UpdatedAt, true)),
+            }
+        }
+    }
+}
+
 fn int(key: &str, v: &str) -> Result<i64, Invalid> {
     v.trim().parse::<i64>().map_err(|_| {
         Invalid::new(
@@ -167,31 +229,48 @@ fn ids(key: &str, v: &str) -> Result<Vec<i64>, Invalid> {
         .collect()
 }
 
-/// Inclusive time range from `filter[F][from]`, `filter[F][to]` and `filter[F]=X`.
+/// Time range from `filter[F][from]`, `filter[F][to]` and `filter[F]=X`, stored as inclusive
+/// bounds: an exclusive `[from]=X` becomes `>= X + 1` (times are whole seconds). A bare
+/// `filter[F]=X` is always that one second.
 fn range(
     (lo, hi): (&mut Option<i64>, &mut Option<i64>),
+    bounds: Bounds,
     key: &str,
     sub: Option<&str>,
     v: &str,
 ) -> Result<(), Invalid> {
     let x = int(key, v)?;
-    let tighten_lo = |lo: &mut Option<i64>| *lo = Some(lo.map_or(x, |l| l.max(x)));
-    let tighten_hi = |hi: &mut Option<i64>| *hi = Some(hi.map_or(x, |h| h.min(x)));
+    let tighten_lo = |lo: &mut Option<i64>, x: i64| *lo = Some(lo.map_or(x, |l| l.max(x)));
+    let tighten_hi = |hi: &mut Option<i64>, x: i64| *hi = Some(hi.map_or(x, |h| h.min(x)));
     match sub {
-        Some("from") => tighten_lo(lo),
-        Some("to") => tighten_hi(hi),
+        Some("from") if bounds.excludes_from() => tighten_lo(lo, x.saturating_add(1)),
+        Some("from") => tighten_lo(lo, x),
+        Some("to") if bounds.excludes_to() => tighten_hi(hi, x.saturating_sub(1)),
+        Some("to") => tighten_hi(hi, x),
         None => {
-            tighten_lo(lo);
-            tighten_hi(hi);
+            tighten_lo(lo, x);
+            tighten_hi(hi, x);
         }
         _ => {}
     }
     Ok(())
 }
 
-/// Parses a list request for `e`.
+/// Parses a list request for `e` with today's default rules (inclusive bounds, nothing
+/// ignored, id ascending).
 pub fn list_params(e: Entity, pairs: &[(String, String)]) -> Result<ListParams, Invalid> {
+    list_params_with(e, pairs, &ListRules::default())
+}
+
+/// Parses a list request for `e`: validates every parameter first (an invalid one is a 400 even
+/// if the account ignores it), then drops what `rules` ignore and applies the default order.
+pub fn list_params_with(
+    e: Entity,
+    pairs: &[(String, String)],
+    rules: &ListRules,
+) -> Result<ListParams, Invalid> {
     let paging = paging(pairs, MAX_LIMIT)?;
+    let b = rules.bounds;
     let mut f = ListFilter::default();
     let mut id_set: Option<HashSet<i64>> = None;
     for (k, v) in pairs {
@@ -201,8 +280,8 @@ pub fn list_params(e: Entity, pairs: &[(String, String)]) -> Result<ListParams, 
         if let Some((field, sub)) = filter_key(k) {
             match field {
                 "id" => id_set.get_or_insert_with(HashSet::new).extend(ids(k, v)?),
-                "updated_at" => range((&mut f.updated_from, &mut f.updated_to), k, sub, v)?,
-                "created_at" => range((&mut f.created_from, &mut f.created_to), k, sub, v)?,
+                "updated_at" => range((&mut f.updated_from, &mut f.updated_to), b, k, sub, v)?,
+                "created_at" => range((&mut f.created_from, &mut f.created_to), b, k, sub, v)?,
                 _ => {} // other filters are not emulated: ignored
             }
         } else if let Some(field) = k.strip_prefix("order[").and_then(|r| r.strip_suffix(']')) {
@@ -244,6 +323,7 @@ pub fn list_params(e: Entity, pairs: &[(String, String)]) -> Result<ListParams, 
         }
     }
     f.ids = id_set;
+    rules.apply(e, &mut f);
     Ok(ListParams { paging, filter: f })
 }
 
@@ -282,7 +362,13 @@ pub fn event_params(pairs: &[(String, String)]) -> Result<(Paging, EventFilter),
                         f.entities.get_or_insert_with(Vec::new).push(e);
                     }
                 }
-                "created_at" => range((&mut f.created_from, &mut f.created_to), k, sub, v)?,
+                "created_at" => range(
+                    (&mut f.created_from, &mut f.created_to),
+                    Bounds::Inclusive,
+                    k,
+                    sub,
+                    v,
+                )?,
                 _ => {}
             }
         } else if k == "order[created_at]" || k == "order[id]" {
@@ -342,6 +428,149 @@ mod tests {
         );
         assert_eq!(path(Entity::Leads, "order[id]=up"), "order[id]");
         assert!(list_params(Entity::Tasks, &p("order[complete_till]=asc&foo=bar")).is_ok());
+    }
+
+    fn rules(bounds: Bounds, ignored: &[&str], default_order: DefaultOrder) -> ListRules {
+        ListRules {
+            bounds,
+            ignored: ignored.iter().map(|s| s.parse().unwrap()).collect(),
+            default_order,
+            max_page_size: None,
+        }
+    }
+
+    #[test]
+    fn bounds_move_from_and_to_but_not_a_bare_second() {
+        let q = p("filter[updated_at][from]=10&filter[updated_at][to]=20&filter[created_at][from]=1&filter[created_at][to]=5");
+        let cases = [
+            (Bounds::Inclusive, (10, 20), (1, 5)),
+            (Bounds::ExclusiveFrom, (11, 20), (2, 5)),
+            (Bounds::ExclusiveTo, (10, 19), (1, 4)),
+            (Bounds::Exclusive, (11, 19), (2, 4)),
+        ];
+        for (b, (ul, uh), (cl, ch)) in cases {
+            let r = rules(b, &[], DefaultOrder::IdAsc);
+            let f = list_params_with(Entity::Leads, &q, &r).unwrap().filter;
+            assert_eq!(
+                (f.updated_from, f.updated_to),
+                (Some(ul), Some(uh)),
+                "{b:?}"
+            );
+            assert_eq!(
+                (f.created_from, f.created_to),
+                (Some(cl), Some(ch)),
+                "{b:?}"
+            );
+            let exact = list_params_with(Entity::Tasks, &p("filter[updated_at]=15"), &r).unwrap();
+            assert_eq!(
+                (exact.filter.updated_from, exact.filter.updated_to),
+                (Some(15), Some(15)),
+                "{b:?}: a bare value is that second"
+            );
+        }
+        // Events keep inclusive bounds whatever the lists do.
+        let (_, ev) =
+            event_params(&p("filter[created_at][from]=10&filter[created_at][to]=20")).unwrap();
+        assert_eq!((ev.created_from, ev.created_to), (Some(10), Some(20)));
+    }
+
+    #[test]
+    fn ignored_params_drop_after_validation() {
+        let q = p("filter[id][]=5&filter[updated_at][from]=10&filter[created_at][to]=20&order[updated_at]=asc");
+        let r = rules(
+            Bounds::Inclusive,
+            &["leads:filter[id]", "leads:order[updated_at]"],
+            DefaultOrder::IdAsc,
+        );
+        let f = list_params_with(Entity::Leads, &q, &r).unwrap().filter;
+        assert_eq!(f.ids, None);
+        assert_eq!((f.updated_from, f.created_to), (Some(10), Some(20)));
+        assert!(
+            f.order.is_empty(),
+            "dropped order falls back to id ascending"
+        );
+        // Another kind is untouched.
+        let f = list_params_with(Entity::Contacts, &q, &r).unwrap().filter;
+        assert_eq!(f.ids, Some([5].into_iter().collect()));
+        assert_eq!(f.order, vec![(SortField::UpdatedAt, false)]);
+        // Every filter, on every list.
+        let r = rules(Bounds::Inclusive, &["*:filter"], DefaultOrder::IdDesc);
+        assert!(r.filters_off_everywhere());
+        let f = list_params_with(Entity::Tasks, &p("filter[id]=5&filter[updated_at]=3&filter[created_at][from]=1&order[created_at]=desc"), &r)
+            .unwrap()
+            .filter;
+        assert_eq!(
+            (
+                f.ids,
+                f.updated_from,
+                f.updated_to,
+                f.created_from,
+                f.created_to
+            ),
+            (None, None, None, None, None)
+        );
+        assert_eq!(
+            f.order,
+            vec![(SortField::CreatedAt, true)],
+            "orders are kept"
+        );
+        // Validation comes first: an invalid parameter is a 400 even when ignored.
+        let r = rules(
+            Bounds::Inclusive,
+            &["*:order[updated_at]", "*:filter"],
+            DefaultOrder::IdAsc,
+        );
+        let err = |e, q| list_params_with(e, &p(q), &r).unwrap_err().path;
+        assert_eq!(
+            err(Entity::Tasks, "order[updated_at]=asc"),
+            "order[updated_at]"
+        );
+        assert_eq!(err(Entity::Leads, "filter[id]=abc"), "filter[id]");
+        assert_eq!(
+            err(Entity::Leads, "order[updated_at]=up"),
+            "order[updated_at]"
+        );
+        // Only leads ignoring filters is not "off everywhere".
+        let r = rules(Bounds::Inclusive, &["leads:filter"], DefaultOrder::IdAsc);
+        assert!(!r.filters_off_everywhere());
+    }
+
+    #[test]
+    fn default_order_fills_in_only_without_an_order() {
+        for (d, want) in [
+            (DefaultOrder::IdAsc, vec![]),
+            (DefaultOrder::IdDesc, vec![(SortField::Id, true)]),
+            (
+                DefaultOrder::UpdatedAtDesc,
+                vec![(SortField::UpdatedAt, true)],
+            ),
+        ] {
+            let r = rules(Bounds::Inclusive, &[], d);
+            assert_eq!(
+                list_params_with(Entity::Leads, &p(""), &r)
+                    .unwrap()
+                    .filter
+                    .order,
+                want
+            );
+            let explicit =
+                list_params_with(Entity::Leads, &p("order[created_at]=asc"), &r).unwrap();
+            assert_eq!(explicit.filter.order, vec![(SortField::CreatedAt, false)]);
+        }
+        // An ignored order makes the default visible.
+        let r = rules(Bounds::Inclusive, &["*:order[id]"], DefaultOrder::IdDesc);
+        let f = list_params_with(Entity::Companies, &p("order[id]=asc"), &r)
+            .unwrap()
+            .filter;
+        assert_eq!(f.order, vec![(SortField::Id, true)]);
+    }
+
+    #[test]
+    fn page_size_cap() {
+        let mut r = ListRules::default();
+        assert_eq!(r.page_size(250), 250);
+        r.max_page_size = Some(100);
+        assert_eq!((r.page_size(250), r.page_size(30)), (100, 30));
     }
 
     #[test]

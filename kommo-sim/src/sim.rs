@@ -3,6 +3,7 @@
 //! Every piece of state sits behind its own short-lived `std::sync::Mutex` (never held across an
 //! `.await`), so the HTTP layer, the mutator and test code can act on the account concurrently.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use crate::clock::SimClock;
-use crate::config::{ImsMode, SimConfig, TieOrder};
+use crate::config::{Bounds, DefaultOrder, IgnoredParam, ImsMode, SimConfig, TieOrder};
 use crate::content::{self, Ctx, LinkPool};
 use crate::counters::{CounterState, Counters};
 use crate::entity::Entity;
@@ -22,15 +23,81 @@ use crate::faults::{Fault, FaultQueue};
 use crate::limits::{LimitConfig, Limiter};
 use crate::mutator::{MutatorConfig, MutatorHandle};
 use crate::oauth::OAuth;
+use crate::query::ListRules;
 use crate::reference::Reference;
 use crate::seed;
-use crate::store::{Store, Version};
+use crate::store::{ListFilter, Store, Version};
 
-/// Entities, events and the random source that edits them.
+/// Entities, events, the random source that edits them, and the queued racing edits (kept
+/// here so that a list page picks, races and renders under one lock).
 pub(crate) struct Data {
     pub store: Store,
     pub events: EventLog,
     pub rng: ChaCha8Rng,
+    pub races: RaceQueue,
+}
+
+impl Data {
+    /// Edits one live entity at `now` (content, `updated_at`, events); false when not live.
+    fn edit_one(&mut self, ctx: Ctx, entity: Entity, id: i64, now: i64, delay: i64) -> bool {
+        let Some(cur) = self.store.newest(entity, id) else {
+            return false;
+        };
+        let mut v = cur.value();
+        let changes = content::edit(entity, ctx, &mut self.rng, &mut v, now);
+        let by = v["updated_by"].as_i64().unwrap_or(0);
+        let ver = Version::from_value(&v, now).expect("edited entity has an id");
+        self.store.put(entity, ver, now, delay);
+        for c in changes {
+            self.events.push(
+                &mut self.rng,
+                c.kind,
+                entity,
+                id,
+                by,
+                now,
+                c.before,
+                c.after,
+            );
+        }
+        true
+    }
+}
+
+/// Racing edits queued by [`Sim::queue_races`]: (list pages left, position on the page; `None`
+/// = a random item).
+#[derive(Debug, Default)]
+pub(crate) struct RaceQueue {
+    queue: VecDeque<(u32, Option<usize>)>,
+}
+
+impl RaceQueue {
+    fn push(&mut self, count: u32, position: Option<usize>) {
+        if count > 0 {
+            self.queue.push_back((count, position));
+        }
+    }
+
+    /// The race of the current page, if one is queued.
+    fn take(&mut self) -> Option<Option<usize>> {
+        let (left, pos) = self.queue.front_mut()?;
+        let p = *pos;
+        *left -= 1;
+        if *left == 0 {
+            self.queue.pop_front();
+        }
+        Some(p)
+    }
+
+    fn pending(&self) -> u64 {
+        self.queue.iter().map(|(n, _)| *n as u64).sum()
+    }
+}
+
+/// One rendered list page: the items' JSON in page order, and how many of them raced.
+pub(crate) struct ListPage {
+    pub items: Vec<Arc<str>>,
+    pub raced: u64,
 }
 
 /// One simulated Kommo account.
@@ -46,6 +113,9 @@ pub struct Sim {
     pub(crate) oauth: Mutex<OAuth>,
     ims_mode: Mutex<ImsMode>,
     tie_order: Mutex<TieOrder>,
+    list_rules: Mutex<ListRules>,
+    /// Probability that a list page with items races one of them.
+    race_rate: Mutex<f64>,
     visibility_delay: AtomicI64,
     latency_nanos: AtomicU64,
     /// The mutator started through `/_sim/mutator/start`.
@@ -78,6 +148,7 @@ impl Sim {
             [cfg.leads, cfg.contacts, cfg.companies, cfg.tasks],
             anchor,
             cfg.history_days,
+            cfg.import_crowd,
             |e, v| {
                 let ver = Version::from_value(&v, now).expect("seeded entity has an id");
                 store.put(e, ver, now, delay);
@@ -89,6 +160,7 @@ impl Sim {
                 store,
                 events,
                 rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005E_ED0F_ED17),
+                races: RaceQueue::default(),
             }),
             limiter: Mutex::new(Limiter::default()),
             counters: Mutex::new(CounterState::default()),
@@ -96,6 +168,13 @@ impl Sim {
             oauth: Mutex::new(OAuth::default()),
             ims_mode: Mutex::new(cfg.ims_mode),
             tie_order: Mutex::new(cfg.tie_order),
+            list_rules: Mutex::new(ListRules {
+                bounds: cfg.bounds,
+                ignored: cfg.ignored.clone(),
+                default_order: cfg.default_order,
+                max_page_size: cfg.max_page_size.filter(|&n| n > 0),
+            }),
+            race_rate: Mutex::new(clamp_rate(cfg.race_rate)),
             visibility_delay: AtomicI64::new(cfg.visibility_delay_secs),
             latency_nanos: AtomicU64::new(cfg.latency.as_nanos() as u64),
             control_mutator: tokio::sync::Mutex::new(None),
@@ -207,6 +286,80 @@ impl Sim {
         *lock(&self.tie_order)
     }
 
+    /// Whether `filter[...][from|to]` include their bound from now on.
+    pub fn set_bounds(&self, b: Bounds) {
+        lock(&self.list_rules).bounds = b;
+    }
+
+    /// Current bound inclusiveness.
+    pub fn bounds(&self) -> Bounds {
+        lock(&self.list_rules).bounds
+    }
+
+    /// List parameters dropped without an error from now on (replaces the previous set).
+    pub fn set_ignored(&self, ignored: Vec<IgnoredParam>) {
+        lock(&self.list_rules).ignored = ignored;
+    }
+
+    /// Currently ignored list parameters.
+    pub fn ignored(&self) -> Vec<IgnoredParam> {
+        lock(&self.list_rules).ignored.clone()
+    }
+
+    /// What `GET /api/v4/account` reports as `is_api_filter_enabled`: false when every
+    /// `filter[...]` is ignored on every list.
+    pub fn api_filter_enabled(&self) -> bool {
+        !lock(&self.list_rules).filters_off_everywhere()
+    }
+
+    /// Order of lists without an honoured `order[...]` from now on.
+    pub fn set_default_order(&self, o: DefaultOrder) {
+        lock(&self.list_rules).default_order = o;
+    }
+
+    /// Current default order.
+    pub fn default_order(&self) -> DefaultOrder {
+        lock(&self.list_rules).default_order
+    }
+
+    /// Silent cap on entity list pages from now on (`None` or `Some(0)` = no cap).
+    pub fn set_max_page_size(&self, cap: Option<usize>) {
+        lock(&self.list_rules).max_page_size = cap.filter(|&n| n > 0);
+    }
+
+    /// Current page-size cap.
+    pub fn max_page_size(&self) -> Option<usize> {
+        lock(&self.list_rules).max_page_size
+    }
+
+    /// The list rules in force (one consistent copy for a request).
+    pub(crate) fn list_rules(&self) -> ListRules {
+        lock(&self.list_rules).clone()
+    }
+
+    /// Probability, per entity list page with items, that one uniformly chosen item of the page
+    /// is edited after the page was selected and before it is rendered (clamped to 0..=1).
+    pub fn set_race_rate(&self, rate: f64) {
+        *lock(&self.race_rate) = clamp_rate(rate);
+    }
+
+    /// Current race rate.
+    pub fn race_rate(&self) -> f64 {
+        *lock(&self.race_rate)
+    }
+
+    /// Makes the next `count` entity list pages that have items each race exactly one item: at
+    /// `position` on the page (clamped to the page's last item), or a random one if `None`.
+    /// Queued races come before (and instead of) the random `race_rate` draw.
+    pub fn queue_races(&self, count: u32, position: Option<usize>) {
+        lock(&self.data).races.push(count, position);
+    }
+
+    /// Queued races not yet spent.
+    pub fn races_pending(&self) -> u64 {
+        lock(&self.data).races.pending()
+    }
+
     /// Edits reach the lists `secs` sim-seconds after their `updated_at` from now on.
     pub fn set_visibility_delay(&self, secs: i64) {
         self.visibility_delay.store(secs.max(0), Ordering::SeqCst);
@@ -294,21 +447,9 @@ impl Sim {
         let now = self.now();
         let delay = self.visibility_delay();
         let ctx = self.ctx();
-        let mut guard = lock(&self.data);
-        let d = &mut *guard;
+        let mut d = lock(&self.data);
         for &id in ids {
-            let Some(cur) = d.store.newest(entity, id) else {
-                continue;
-            };
-            let mut v = cur.value();
-            let changes = content::edit(entity, ctx, &mut d.rng, &mut v, now);
-            let by = v["updated_by"].as_i64().unwrap_or(0);
-            let ver = Version::from_value(&v, now).expect("edited entity has an id");
-            d.store.put(entity, ver, now, delay);
-            for c in changes {
-                d.events
-                    .push(&mut d.rng, c.kind, entity, id, by, now, c.before, c.after);
-            }
+            d.edit_one(ctx, entity, id, now, delay);
         }
     }
 
@@ -359,6 +500,72 @@ impl Sim {
         out
     }
 
+    /// The most crowded `updated_at` second among live entities of a kind (newest versions), and
+    /// how many share it; `None` when there are none. Ties go to the earliest second.
+    pub fn crowded_second(&self, entity: Entity) -> Option<(i64, usize)> {
+        lock(&self.data).store.crowded_second(entity)
+    }
+
+    /// The most crowded second and the ids on it, for the mutator's `Crowd` focus.
+    pub(crate) fn crowd(&self, entity: Entity) -> Option<(i64, Vec<i64>)> {
+        let d = lock(&self.data);
+        let (second, _) = d.store.crowded_second(entity)?;
+        Some((second, d.store.ids_updated_at(entity, second)))
+    }
+
+    /// `updated_at` of a live entity's newest version.
+    pub(crate) fn updated_at_of(&self, entity: Entity, id: i64) -> Option<i64> {
+        lock(&self.data)
+            .store
+            .newest(entity, id)
+            .map(|v| v.updated_at)
+    }
+
+    /// Selects one list page and renders it, racing an item if a queued race or the race rate
+    /// says so. Selection, edit and rendering share one lock of `data`, so no other mutation
+    /// can slip between them.
+    pub(crate) fn list_page(
+        &self,
+        entity: Entity,
+        f: &ListFilter,
+        offset: usize,
+        limit: usize,
+    ) -> ListPage {
+        let now = self.now();
+        let delay = self.visibility_delay();
+        let tie = self.tie_order();
+        let rate = self.race_rate();
+        let ctx = self.ctx();
+        let mut guard = lock(&self.data);
+        let d = &mut *guard;
+        let mut rng = rand::thread_rng();
+        let page = d
+            .store
+            .list_versions(entity, f, now, delay, tie, &mut rng, offset, limit);
+        let mut items: Vec<Arc<str>> = page.iter().map(|v| v.raw.clone()).collect();
+        if page.is_empty() {
+            return ListPage { items, raced: 0 };
+        }
+        let last = page.len() - 1;
+        let pos = match d.races.take() {
+            Some(Some(p)) => Some(p.min(last)),
+            Some(None) => Some(d.rng.gen_range(0..=last)),
+            None if rate > 0.0 && d.rng.gen_bool(rate) => Some(d.rng.gen_range(0..=last)),
+            None => None,
+        };
+        let mut raced = 0;
+        if let Some(pos) = pos {
+            let id = page[pos].id;
+            if d.edit_one(ctx, entity, id, now, delay) {
+                if let Some(v) = d.store.newest(entity, id) {
+                    items[pos] = v.raw.clone();
+                    raced = 1;
+                }
+            }
+        }
+        ListPage { items, raced }
+    }
+
     /// Starts a background task that creates, edits and deletes entities.
     pub fn start_mutator(self: &Arc<Self>, cfg: MutatorConfig) -> MutatorHandle {
         crate::mutator::start(self.clone(), cfg)
@@ -367,5 +574,14 @@ impl Sim {
     /// Number of events in the log.
     pub fn event_count(&self) -> usize {
         lock(&self.data).events.len()
+    }
+}
+
+/// A probability: NaN and negatives become 0, anything above 1 becomes 1.
+fn clamp_rate(r: f64) -> f64 {
+    if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(0.0, 1.0)
     }
 }

@@ -6,7 +6,7 @@
 //! newest version. Versions are kept pre-serialized (`Arc<str>`), so a page is built by joining
 //! strings and list requests stay cheap even with hundreds of thousands of entities.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rand::Rng;
@@ -214,6 +214,26 @@ impl Store {
         self.table(e).max_id
     }
 
+    /// The most crowded `updated_at` second among the newest versions of live entities, with
+    /// its size; ties go to the earliest second so that the answer is deterministic.
+    pub fn crowded_second(&self, e: Entity) -> Option<(i64, usize)> {
+        let mut by_second: HashMap<i64, usize> = HashMap::new();
+        for v in self.newest_all(e) {
+            *by_second.entry(v.updated_at).or_default() += 1;
+        }
+        by_second
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+    }
+
+    /// Ids of live entities whose newest version has `updated_at == second`, ascending.
+    pub fn ids_updated_at(&self, e: Entity, second: i64) -> Vec<i64> {
+        self.newest_all(e)
+            .filter(|v| v.updated_at == second)
+            .map(|v| v.id)
+            .collect()
+    }
+
     /// One page (`offset`, `limit`) of the matching visible versions, sorted as requested,
     /// ties ordered per `tie`.
     #[allow(clippy::too_many_arguments)]
@@ -228,6 +248,26 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Vec<Arc<str>> {
+        self.list_versions(e, f, now, delay, tie, rng, offset, limit)
+            .into_iter()
+            .map(|v| v.raw)
+            .collect()
+    }
+
+    /// Like [`Store::list`], but the versions themselves (cheap clones: the JSON is shared), so
+    /// that the caller knows which entities the page holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn list_versions(
+        &self,
+        e: Entity,
+        f: &ListFilter,
+        now: i64,
+        delay: i64,
+        tie: TieOrder,
+        rng: &mut impl Rng,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<Version> {
         let visible = self
             .table(e)
             .records
@@ -235,8 +275,8 @@ impl Store {
             .filter_map(|r| r.visible(now, delay))
             .filter(|v| f.keeps(v));
         let end = offset.saturating_add(limit);
-        let page = |it: &mut dyn Iterator<Item = &Version>| -> Vec<Arc<str>> {
-            it.skip(offset).take(limit).map(|v| v.raw.clone()).collect()
+        let page = |it: &mut dyn Iterator<Item = &Version>| -> Vec<Version> {
+            it.skip(offset).take(limit).cloned().collect()
         };
         // Records iterate in id order and ids are unique: an id order needs no sorting.
         match f.order.first() {
@@ -333,6 +373,26 @@ mod tests {
         s.delete(Entity::Leads, 1, 131);
         assert!(names(&s, 200, 10).is_empty());
         assert_eq!(s.deleted_ids(Entity::Leads), vec![1]);
+    }
+
+    #[test]
+    fn crowded_second_counts_newest_versions() {
+        let mut s = Store::default();
+        assert_eq!(s.crowded_second(Entity::Leads), None);
+        for (id, up) in [(1, 50), (2, 50), (3, 70), (4, 70), (5, 90)] {
+            s.put(Entity::Leads, ver(id, up, "x"), 100, 0);
+        }
+        assert_eq!(
+            s.crowded_second(Entity::Leads),
+            Some((50, 2)),
+            "earliest of ties"
+        );
+        s.put(Entity::Leads, ver(5, 95, "y"), 100, 0);
+        s.put(Entity::Leads, ver(1, 96, "y"), 100, 0);
+        assert_eq!(s.crowded_second(Entity::Leads), Some((70, 2)));
+        assert_eq!(s.ids_updated_at(Entity::Leads, 70), vec![3, 4]);
+        s.delete(Entity::Leads, 3, 100);
+        assert_eq!(s.ids_updated_at(Entity::Leads, 70), vec![4]);
     }
 
     #[test]
