@@ -75,6 +75,7 @@ struct RawKommo {
     token: SecretString,
     token_file: String,
     max_rps: u32,
+    spacing_margin_ms: u64,
     page_size: u32,
     connect_timeout_secs: u64,
     request_timeout_secs: u64,
@@ -182,6 +183,9 @@ pub struct KommoSettings {
     pub base_url: Url,
     pub auth: AuthSettings,
     pub max_rps: u32,
+    /// Any 8 consecutive requests leave at least 1 s + this apart (network jitter on the way
+    /// to Kommo must not put 8 into one of its seconds).
+    pub spacing_margin: Duration,
     pub page_size: u32,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -207,6 +211,7 @@ impl std::fmt::Debug for KommoSettings {
             .field("base_url", &self.base_url.as_str())
             .field("auth", &self.auth)
             .field("max_rps", &self.max_rps)
+            .field("spacing_margin", &self.spacing_margin)
             .field("page_size", &self.page_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -269,9 +274,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// The streams this build knows; a `[streams.X]` block for any other name is an error.
-pub const KNOWN_STREAMS: &[&str] = &["leads", "contacts", "companies", "tasks"];
-
 impl Settings {
     /// Loads defaults, then the optional file, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -332,12 +334,15 @@ impl Settings {
                 "use 3",
             ));
         }
+        // The streams are the source's own declarations; a `[streams.X]` block for any
+        // other name is a typo.
+        let known: Vec<&str> = crate::kommo::stream_names().collect();
         for (name, stream) in &raw.streams {
-            if !KNOWN_STREAMS.contains(&name.as_str()) {
+            if !known.contains(&name.as_str()) {
                 return Err(invalid(
                     &format!("streams.{name}"),
                     "unknown stream",
-                    format!("use one of: {}", KNOWN_STREAMS.join(", ")),
+                    format!("use one of: {}", known.join(", ")),
                 ));
             }
             croner::Cron::new(&stream.schedule)
@@ -457,6 +462,13 @@ fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, Confi
             "Kommo answers 429 above 7 requests per second and then bans the IP; use 7 or less",
         ));
     }
+    if raw.spacing_margin_ms > 1000 {
+        return Err(invalid(
+            "kommo.spacing_margin_ms",
+            format!("{} ms is more than a second", raw.spacing_margin_ms),
+            "use 50 (the default); a larger margin only slows the sync down",
+        ));
+    }
     if raw.page_size == 0 || raw.page_size > 250 {
         return Err(invalid(
             "kommo.page_size",
@@ -482,6 +494,7 @@ fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, Confi
         base_url,
         auth,
         max_rps: raw.max_rps,
+        spacing_margin: Duration::from_millis(raw.spacing_margin_ms),
         page_size: raw.page_size,
         connect_timeout: Duration::from_secs(raw.connect_timeout_secs),
         request_timeout: Duration::from_secs(raw.request_timeout_secs),
@@ -652,6 +665,32 @@ mod tests {
         assert_eq!(
             s.enabled_streams(),
             vec!["companies", "contacts", "leads", "tasks"]
+        );
+    }
+
+    #[test]
+    fn the_defaults_configure_every_declared_stream_and_nothing_else() {
+        let s = Settings::load_from(None, base_env()).unwrap();
+        let mut declared: Vec<&str> = crate::kommo::stream_names().collect();
+        declared.sort_unstable();
+        assert_eq!(
+            s.streams.keys().map(String::as_str).collect::<Vec<_>>(),
+            declared
+        );
+    }
+
+    #[test]
+    fn an_unknown_stream_names_the_declared_ones() {
+        let mut e = base_env();
+        e.push(("KOMMO_SYNC__STREAMS__DEALS__ENABLED".into(), "true".into()));
+        e.push((
+            "KOMMO_SYNC__STREAMS__DEALS__SCHEDULE".into(),
+            "0 * * * * *".into(),
+        ));
+        let err = Settings::load_from(None, e).unwrap_err().to_string();
+        assert!(
+            err.contains("streams.deals") && err.contains("leads, contacts"),
+            "{err}"
         );
     }
 
