@@ -1,74 +1,127 @@
-//! What the sync engine needs from a CRM, and nothing more: pages of records of one stream
-//! inside an `updated_at` window, plus the server's clock.
+//! What the sync engine needs from a CRM, and nothing more: pages of records of one stream,
+//! asked for with the filters and orders the walk chose, plus the server's clock.
 //!
-//! Kommo implements this in [`crate::kommo`]; a second CRM would implement [`Source`] and
-//! reuse the engine, the cursor, the scheduler and the store unchanged.
+//! Kommo implements this in [`crate::kommo`]; a second CRM implements [`Source`] and reuses
+//! the walk, the run, the scheduler and the store unchanged.
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-/// One kind of record pulled with one cursor (leads, contacts, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamSpec {
-    pub name: &'static str,
-    /// Whether the source can order this stream by `updated_at`. When it cannot (Kommo's
-    /// tasks), the engine walks each closed `updated_at` window by `created_at` instead, so
-    /// the source must then filter and order by `created_at`.
-    pub ordered_by_updated_at: bool,
+use crate::store::rows::{Row, TableDecl};
+
+/// How a stream is walked; declared by the source for each stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkKind {
+    /// Keyset on `updated_at` (`order[updated_at]=asc` inside an `updated_at` window).
+    UpdatedAtKeyset,
+    /// The source cannot order this stream by `updated_at` (Kommo's tasks): each closed
+    /// `updated_at` window is walked with a keyset on `created_at`.
+    CreatedAtInWindow,
 }
 
-/// One entity as received. `raw` is kept verbatim; `id` and `updated_at` drive the walk.
+/// One stream as its source declares it, once: the name used in config, on the command
+/// line, in `status` and as the key of its cursor; how it is walked; the table it fills; and
+/// how one of its entities becomes a row of that table.
+#[derive(Debug, Clone)]
+pub struct StreamDecl {
+    pub name: &'static str,
+    pub walk: WalkKind,
+    pub table: &'static TableDecl,
+    pub to_row: fn(&TableDecl, &Record) -> Row,
+}
+
+impl StreamDecl {
+    pub fn rows(&self, records: &[Record]) -> Vec<Row> {
+        records
+            .iter()
+            .map(|r| (self.to_row)(self.table, r))
+            .collect()
+    }
+}
+
+/// One entity as received. `raw` is kept verbatim; `id`, `updated_at` and `created_at`
+/// drive the walk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub id: i64,
     /// Unix seconds, server time.
     pub updated_at: i64,
-    /// Unix seconds; used as the walk's key for streams that cannot be ordered by
-    /// `updated_at`. Entities without one sort as 0.
+    /// Unix seconds; the key of walks inside a window. `None` when the entity has none (it
+    /// is stored, but cannot move a `created_at` walk forward).
     pub created_at: Option<i64>,
     pub raw: Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Sort orders the walk asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Order {
     UpdatedAtAsc,
+    UpdatedAtDesc,
     CreatedAtAsc,
     IdAsc,
 }
 
-/// A request for one page. Bounds are inclusive unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Order {
+    /// The parameter that asks for this order, for messages.
+    pub fn param(self) -> &'static str {
+        match self {
+            Order::UpdatedAtAsc | Order::UpdatedAtDesc => "order[updated_at]",
+            Order::CreatedAtAsc => "order[created_at]",
+            Order::IdAsc => "order[id]",
+        }
+    }
+}
+
+/// Bounds to send for one filter, in unix seconds, as the API should read them: the walk
+/// has already widened them by a second on each side where it is not known whether the API
+/// includes its ends, and keeps on the client only what lies inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bounds {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// A request for one page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageRequest {
     pub stream: &'static str,
-    pub from: i64,
-    pub to: Option<i64>,
-    /// Inclusive `created_at` bounds, for walks keyed on `created_at`.
-    pub created_from: Option<i64>,
-    pub created_to: Option<i64>,
+    /// `filter[updated_at]`; `None`: no filter at all.
+    pub updated: Option<Bounds>,
+    /// `filter[created_at]`.
+    pub created: Option<Bounds>,
     pub order: Order,
     /// From 1.
     pub page: u32,
     pub limit: u32,
     /// Ask the server for entities modified after this unix second (`If-Modified-Since`).
-    /// Only an optimisation: the engine never relies on how the server compares.
+    /// Only a hint: the walk never relies on how the server compares, or whether it does.
     pub if_modified_since: Option<i64>,
+}
+
+impl PageRequest {
+    /// Offset of the page's first item in the list.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page.saturating_sub(1)) * u64::from(self.limit)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Page {
+    /// The items in the order the server sent them.
     pub records: Vec<Record>,
     /// The server's clock when it answered (unix seconds), from the `Date` header.
     pub server_time: Option<i64>,
 }
 
-/// How a failed fetch should be handled by the engine.
+/// How a failed fetch should be handled by the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// The server could not produce a page this large (Kommo's 504): ask again for less.
     AskForLess,
-    /// The account's traffic is stopped for a back-off (Kommo's 403 IP block).
-    Banned,
+    /// The account's traffic is stopped until `until` (Kommo's 403 IP block).
+    Banned { until: DateTime<Utc> },
     /// The credentials were refused and cannot be renewed without a human.
     AuthFailed,
     /// Shutdown was requested while waiting.
@@ -77,26 +130,64 @@ pub enum FailureKind {
     Fatal,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+/// A fetch that failed, with what the run should do about it and the source's own error.
+///
+/// `Display` is the source error's message (it already says what happened and what to do);
+/// [`std::error::Error::source`] continues with that error's own cause, so a printed chain
+/// never says the same thing twice.
+#[derive(Debug)]
 pub struct FetchError {
     pub kind: FailureKind,
-    pub message: String,
+    pub error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl FetchError {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: FailureKind,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         FetchError {
             kind,
-            message: message.into(),
+            error: error.into(),
         }
+    }
+
+    pub fn cancelled() -> Self {
+        FetchError::new(FailureKind::Cancelled, "stopped by shutdown")
     }
 }
 
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// What the side server and `status` need to know about the source's own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// No request is sent before this (a 403 ban, or one stored by an earlier process).
+    pub banned_until: Option<DateTime<Utc>>,
+    /// The credentials were refused for good; a human must act.
+    pub locked_out: Option<String>,
+}
+
 pub trait Source: Send + Sync + 'static {
-    /// The streams this source offers.
-    fn streams(&self) -> Vec<StreamSpec>;
+    /// The streams this source offers (its registry).
+    fn streams(&self) -> &'static [StreamDecl];
+
+    /// The endpoint a stream is read from, for messages (e.g. `GET /api/v4/leads`).
+    fn endpoint(&self, stream: &str) -> String;
 
     /// Fetches one page. Implementations own politeness (rate limit, retries, back-off).
     fn fetch(&self, req: &PageRequest) -> impl Future<Output = Result<Page, FetchError>> + Send;
+
+    /// Whether traffic is stopped right now, and why.
+    fn health(&self) -> SourceHealth;
 }

@@ -106,7 +106,7 @@ impl KommoError {
     pub fn failure_kind(&self) -> FailureKind {
         match self {
             KommoError::GatewayTimeout { .. } => FailureKind::AskForLess,
-            KommoError::Banned { .. } => FailureKind::Banned,
+            KommoError::Banned { until, .. } => FailureKind::Banned { until: *until },
             KommoError::Unauthorized { .. }
             | KommoError::LockedOut { .. }
             | KommoError::TokenRefused { .. }
@@ -129,6 +129,6 @@ impl From<GateError> for KommoError {
 
 impl From<KommoError> for FetchError {
     fn from(e: KommoError) -> Self {
-        FetchError::new(e.failure_kind(), e.to_string())
+        FetchError::new(e.failure_kind(), e)
     }
 }

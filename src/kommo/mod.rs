@@ -6,34 +6,50 @@ pub mod client;
 pub mod error;
 pub mod pages;
 pub mod rate_limit;
+pub mod rows;
 
 use std::sync::Arc;
 
 pub use client::KommoClient;
 pub use error::KommoError;
 
-use crate::source::{FetchError, Order, Page, PageRequest, Source, StreamSpec};
+use crate::source::{
+    FetchError, Order, Page, PageRequest, Source, SourceHealth, StreamDecl, WalkKind,
+};
 
 /// Kommo's four mirrored streams. Tasks cannot be ordered by `updated_at` (the API accepts
 /// only `created_at`, `complete_till` and `id` for them).
-pub const STREAMS: [StreamSpec; 4] = [
-    StreamSpec {
+pub const STREAMS: &[StreamDecl] = &[
+    StreamDecl {
         name: "leads",
-        ordered_by_updated_at: true,
+        walk: WalkKind::UpdatedAtKeyset,
+        table: &rows::LEADS,
+        to_row: rows::to_row,
     },
-    StreamSpec {
+    StreamDecl {
         name: "contacts",
-        ordered_by_updated_at: true,
+        walk: WalkKind::UpdatedAtKeyset,
+        table: &rows::CONTACTS,
+        to_row: rows::to_row,
     },
-    StreamSpec {
+    StreamDecl {
         name: "companies",
-        ordered_by_updated_at: true,
+        walk: WalkKind::UpdatedAtKeyset,
+        table: &rows::COMPANIES,
+        to_row: rows::to_row,
     },
-    StreamSpec {
+    StreamDecl {
         name: "tasks",
-        ordered_by_updated_at: false,
+        walk: WalkKind::CreatedAtInWindow,
+        table: &rows::TASKS,
+        to_row: rows::to_row,
     },
 ];
+
+/// The names of Kommo's streams, for settings and the command line.
+pub fn stream_names() -> impl Iterator<Item = &'static str> {
+    STREAMS.iter().map(|s| s.name)
+}
 
 /// The list endpoints of one account as a [`Source`].
 #[derive(Clone, Debug)]
@@ -64,35 +80,43 @@ pub fn list_query(req: &PageRequest) -> Vec<(String, String)> {
     let mut q = vec![
         ("limit".to_string(), req.limit.to_string()),
         ("page".to_string(), req.page.to_string()),
-        (
-            "filter[updated_at][from]".to_string(),
-            req.from.max(0).to_string(),
-        ),
     ];
-    if let Some(to) = req.to {
-        q.push(("filter[updated_at][to]".to_string(), to.to_string()));
-    }
-    if let Some(from) = req.created_from {
-        q.push((
-            "filter[created_at][from]".to_string(),
-            from.max(0).to_string(),
-        ));
-    }
-    if let Some(to) = req.created_to {
-        q.push(("filter[created_at][to]".to_string(), to.to_string()));
-    }
-    let order = match req.order {
-        Order::UpdatedAtAsc => "order[updated_at]",
-        Order::CreatedAtAsc => "order[created_at]",
-        Order::IdAsc => "order[id]",
+    let mut range = |field: &str, b: Option<crate::source::Bounds>| {
+        let Some(b) = b else { return };
+        if let Some(from) = b.from {
+            q.push((format!("filter[{field}][from]"), from.max(0).to_string()));
+        }
+        if let Some(to) = b.to {
+            q.push((format!("filter[{field}][to]"), to.max(0).to_string()));
+        }
     };
-    q.push((order.to_string(), "asc".to_string()));
+    range("updated_at", req.updated);
+    range("created_at", req.created);
+    let (order, dir) = match req.order {
+        Order::UpdatedAtAsc => ("order[updated_at]", "asc"),
+        Order::UpdatedAtDesc => ("order[updated_at]", "desc"),
+        Order::CreatedAtAsc => ("order[created_at]", "asc"),
+        Order::IdAsc => ("order[id]", "asc"),
+    };
+    q.push((order.to_string(), dir.to_string()));
     q
 }
 
 impl Source for KommoSource {
-    fn streams(&self) -> Vec<StreamSpec> {
-        STREAMS.to_vec()
+    fn streams(&self) -> &'static [StreamDecl] {
+        STREAMS
+    }
+
+    fn endpoint(&self, stream: &str) -> String {
+        format!("GET /api/v4/{stream}")
+    }
+
+    fn health(&self) -> SourceHealth {
+        let p = self.client.politeness().snapshot();
+        SourceHealth {
+            banned_until: p.banned_until,
+            locked_out: p.locked_out,
+        }
     }
 
     async fn fetch(&self, req: &PageRequest) -> Result<Page, FetchError> {

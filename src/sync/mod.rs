@@ -1,7 +1,9 @@
-//! The source-agnostic sync: cursors, the walk of one stream, and the schedule.
+//! The source-agnostic sync: the cursor, the walk of one stream (pure), one run of a stream
+//! (its I/O), and the schedule.
 
 pub mod cursor;
-pub mod engine;
+pub mod run;
 pub mod scheduler;
+pub mod walk;
 
-pub use engine::{EngineSettings, RunReport, SyncEngine, SyncError};
+pub use run::{EngineSettings, Finished, RunReport, SyncEngine, SyncError};

@@ -32,6 +32,7 @@ async fn mirrors_exactly_while_the_account_changes(ims_mode: ImsMode) {
         delete_ratio: 0.1,
         create_ratio: 0.3,
         seed: 11,
+        ..MutatorConfig::default()
     });
     let full = t.app.sync_once(&[], true).await.expect("full sync");
     assert_eq!(full.len(), 4);

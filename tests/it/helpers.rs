@@ -196,8 +196,13 @@ impl TestApp {
     /// Postgres holds exactly the simulator's live entities (same ids, `updated_at`, `raw`);
     /// extra rows may only be entities the simulator deleted.
     pub async fn assert_mirrors_simulator(&self) {
+        self.assert_mirrors(&ENTITIES).await;
+    }
+
+    /// [`TestApp::assert_mirrors_simulator`] for some entities only.
+    pub async fn assert_mirrors(&self, entities: &[Entity]) {
         let sim = self.sim.sim();
-        for entity in ENTITIES {
+        for &entity in entities {
             let rows = self.rows(entity).await;
             let dump = sim.dump(entity);
             let deleted: HashSet<i64> = sim.deleted_ids(entity).into_iter().collect();

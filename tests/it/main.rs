@@ -1,7 +1,9 @@
 //! Integration tests: the daemon against the Kommo simulator and a real PostgreSQL.
-//! Each test makes its own database (dropped afterwards), so they run in parallel.
+//! Each test makes its own database (dropped afterwards). Tests that run a simulator take
+//! turns (see `helpers::spawn`): they measure request timing against a one-second window.
 
 mod bad_input;
+mod behaviours;
 mod cli;
 mod crash;
 mod exactness;
@@ -10,4 +12,5 @@ mod oauth;
 mod politeness;
 mod schema;
 mod service;
+mod spacing;
 mod steady_state;

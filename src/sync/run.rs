@@ -1,0 +1,565 @@
+//! One run of one stream: the I/O around the pure walk. The run owns its [`Walk`], keeps
+//! requests in flight side by side (each on its own task, holding one of the engine's
+//! request slots), and commits every answered page together with the cursor that covers it
+//! in one transaction. Nothing is locked while a page commits: the walk belongs to this
+//! loop alone, and other requests go on in their tasks meanwhile.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::cursor::{Cursor, StoredCursor};
+use super::walk::{Ticket, Walk, WalkError, WalkSettings};
+use crate::metrics::Metrics;
+use crate::source::{FailureKind, FetchError, Page, PageRequest, Source, StreamDecl};
+use crate::store::state::{RunCounts, RunEnd, RunOutcome, StreamHealth};
+use crate::store::{Store, StoreError};
+
+/// Pages never shrink below this after "ask for less".
+const MIN_PAGE: u32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub lag_secs: i64,
+    /// Page requests in flight across every stream of the process.
+    pub parallelism: usize,
+    pub page_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{endpoint}: {source}")]
+    Walk {
+        endpoint: String,
+        #[source]
+        source: WalkError,
+    },
+    #[error("unknown stream `{0}`")]
+    UnknownStream(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    fn health(&self) -> (StreamHealth, Option<chrono::DateTime<Utc>>) {
+        match self {
+            SyncError::Fetch(FetchError {
+                kind: FailureKind::Banned { until },
+                ..
+            }) => (StreamHealth::Banned, Some(*until)),
+            SyncError::Fetch(FetchError {
+                kind: FailureKind::AuthFailed,
+                ..
+            }) => (StreamHealth::LockedOut, None),
+            _ => (StreamHealth::BackingOff, None),
+        }
+    }
+}
+
+/// How a run that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finished {
+    /// Every window is walked.
+    Completed,
+    /// Shutdown: the pages in flight were abandoned (nothing half-committed).
+    Cancelled,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunReport {
+    pub stream: String,
+    pub counts: RunCounts,
+    pub finished: Finished,
+}
+
+impl RunReport {
+    pub fn cancelled(&self) -> bool {
+        self.finished == Finished::Cancelled
+    }
+}
+
+/// Called after every committed page with the run's counts so far (progress display).
+pub type ProgressFn = Arc<dyn Fn(&str, &RunCounts) + Send + Sync>;
+
+/// Queries are not repeated within this long, across runs too (Kommo lists "the same data
+/// requested several times in a short period" as a reason to block the IP).
+const NO_REPEAT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What each stream asked for recently, in this process.
+type Recent = std::sync::Mutex<
+    std::collections::HashMap<
+        &'static str,
+        std::collections::VecDeque<(std::time::Instant, PageRequest)>,
+    >,
+>;
+
+pub struct SyncEngine<S: Source> {
+    /// Queries sent in the last minute, per stream: a run never repeats one of an earlier
+    /// run (two runs of a stream within one server second would ask the same first page).
+    recent: Recent,
+    source: Arc<S>,
+    store: Store,
+    account: String,
+    settings: EngineSettings,
+    /// Request slots shared by every stream: a stream takes more than one only when the
+    /// others leave some free (then it splits a window to use it).
+    slots: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
+    progress: Option<ProgressFn>,
+}
+
+impl<S: Source> SyncEngine<S> {
+    pub fn new(source: Arc<S>, store: Store, account: String, settings: EngineSettings) -> Self {
+        SyncEngine {
+            recent: Default::default(),
+            slots: Arc::new(Semaphore::new(settings.parallelism.max(1))),
+            source,
+            store,
+            account,
+            settings,
+            metrics: None,
+            progress: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Calls `progress` after every committed page with the run's counts so far.
+    pub fn with_progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn source(&self) -> &Arc<S> {
+        &self.source
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    pub fn stream(&self, name: &str) -> Result<&'static StreamDecl, SyncError> {
+        self.source
+            .streams()
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SyncError::UnknownStream(name.to_string()))
+    }
+
+    /// Runs one stream once. `full` starts from scratch (rows are kept and re-upserted).
+    pub async fn run_stream(
+        &self,
+        name: &str,
+        full: bool,
+        cancel: &CancellationToken,
+    ) -> Result<RunReport, SyncError> {
+        let decl = self.stream(name)?;
+        let span = tracing::info_span!(
+            "sync_run",
+            stream = decl.name,
+            full,
+            requests = tracing::field::Empty,
+            rows_written = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        async move {
+            let initial = stored(&Cursor::default());
+            let run_id = self
+                .store
+                .start_run(&self.account, decl.name, full, &initial)
+                .await?;
+            let started = std::time::Instant::now();
+            let mut run = Run {
+                engine: self,
+                decl,
+                counts: RunCounts::default(),
+                synced_up_to: None,
+            };
+            let result = run.walk(full, cancel).await;
+            let counts = run.counts.clone();
+            self.record_metrics(
+                decl.name,
+                &counts,
+                run.synced_up_to,
+                result.is_ok(),
+                started.elapsed(),
+            );
+            let end = match &result {
+                Ok(Finished::Completed) => RunEnd::ok(RunOutcome::Ok),
+                Ok(Finished::Cancelled) => RunEnd::ok(RunOutcome::Cancelled),
+                Err(e) => {
+                    let (health, blocked_until) = e.health();
+                    RunEnd {
+                        outcome: RunOutcome::Failed,
+                        health,
+                        error: Some(error_chain(e)),
+                        blocked_until,
+                    }
+                }
+            };
+            let record = self
+                .store
+                .finish_run(run_id, &self.account, decl.name, &counts, &end);
+            if let Err(e) = record.await {
+                tracing::error!(error.message = %e, "could not record the end of the run");
+            }
+            let span = tracing::Span::current();
+            span.record("requests", counts.requests);
+            span.record("rows_written", counts.rows_written);
+            span.record("outcome", end.outcome.as_str());
+            match result {
+                Ok(finished) => {
+                    tracing::info!(
+                        pages = counts.pages,
+                        rows_seen = counts.rows_seen,
+                        cancelled = finished == Finished::Cancelled,
+                        "run finished"
+                    );
+                    Ok(RunReport {
+                        stream: decl.name.to_string(),
+                        counts,
+                        finished,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(error.message = %error_chain(&e), "run failed");
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The queries of `stream` sent within the last minute (older ones are forgotten).
+    fn recently_sent(&self, stream: &'static str) -> Vec<PageRequest> {
+        let mut recent = self.recent.lock().expect("recent queries lock");
+        let queue = recent.entry(stream).or_default();
+        let now = std::time::Instant::now();
+        while queue
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= NO_REPEAT)
+        {
+            queue.pop_front();
+        }
+        queue.iter().map(|(_, q)| q.clone()).collect()
+    }
+
+    fn sent(&self, stream: &'static str, req: &PageRequest) {
+        let mut recent = self.recent.lock().expect("recent queries lock");
+        recent
+            .entry(stream)
+            .or_default()
+            .push_back((std::time::Instant::now(), req.clone()));
+    }
+
+    fn record_metrics(
+        &self,
+        stream: &str,
+        counts: &RunCounts,
+        synced_up_to: Option<i64>,
+        ok: bool,
+        took: std::time::Duration,
+    ) {
+        let Some(m) = &self.metrics else { return };
+        let labels = Metrics::stream(stream);
+        m.rows_written
+            .get_or_create(&labels)
+            .inc_by(counts.rows_written);
+        m.run_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if ok {
+            m.last_success
+                .get_or_create(&labels)
+                .set(Utc::now().timestamp() as f64);
+        } else {
+            m.runs_failed.get_or_create(&labels).inc();
+        }
+        if let (Some(upper), Some(synced)) = (counts.window_upper, synced_up_to) {
+            // The server's clock at the run's first answer, minus what is stored.
+            m.lag_seconds
+                .get_or_create(&labels)
+                .set(upper + self.settings.lag_secs - synced);
+        }
+    }
+}
+
+/// An error and its causes, each said once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+fn stored(cursor: &Cursor) -> serde_json::Value {
+    serde_json::to_value(StoredCursor::from(cursor.clone())).expect("a cursor serializes")
+}
+
+type Fetched = (
+    Ticket,
+    PageRequest,
+    Result<Page, FetchError>,
+    OwnedSemaphorePermit,
+);
+
+struct Run<'e, S: Source> {
+    engine: &'e SyncEngine<S>,
+    decl: &'static StreamDecl,
+    counts: RunCounts,
+    synced_up_to: Option<i64>,
+}
+
+impl<S: Source> Run<'_, S> {
+    async fn load(&self, full: bool) -> Result<Cursor, SyncError> {
+        if full {
+            return Ok(Cursor::default());
+        }
+        let stored = self
+            .engine
+            .store
+            .load_cursor(&self.engine.account, self.decl.name)
+            .await?;
+        match stored {
+            None => Ok(Cursor::default()),
+            Some(v) => serde_json::from_value::<StoredCursor>(v)
+                .map(StoredCursor::into_current)
+                .map_err(|e| {
+                    StoreError::BadCursor {
+                        stream: self.decl.name.into(),
+                        detail: e.to_string(),
+                    }
+                    .into()
+                }),
+        }
+    }
+
+    async fn walk(
+        &mut self,
+        full: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, SyncError> {
+        let engine = self.engine;
+        let cursor = self.load(full).await?;
+        self.synced_up_to = cursor.synced_up_to();
+        let mut walk = Walk::new(
+            self.decl.name,
+            self.decl.walk,
+            cursor,
+            &WalkSettings {
+                lag: engine.settings.lag_secs,
+                page_size: engine.settings.page_size,
+            },
+        );
+        walk.avoid(engine.recently_sent(self.decl.name));
+        let mut tasks: JoinSet<Fetched> = JoinSet::new();
+        let result = self.drive(&mut walk, &mut tasks, cancel).await;
+        // Pages still in flight are abandoned: what they would prove is asked again later.
+        tasks.abort_all();
+        let stats = walk.stats();
+        tracing::debug!(
+            stream = self.decl.name,
+            planned = stats.planned,
+            step_backs = stats.step_backs,
+            splits = stats.splits,
+            strays = stats.strays,
+            "walk"
+        );
+        result
+    }
+
+    async fn drive(
+        &mut self,
+        walk: &mut Walk,
+        tasks: &mut JoinSet<Fetched>,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, SyncError> {
+        let slots = self.engine.slots.clone();
+        loop {
+            // Start what can be started: a stream with nothing in flight waits for a slot
+            // (slots are handed out in turn); with something in flight it only takes a
+            // free one.
+            while walk.has_idle() && !cancel.is_cancelled() {
+                let slot = if tasks.is_empty() {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        s = slots.clone().acquire_owned() => s.expect("the slots are never closed"),
+                    }
+                } else {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    }
+                };
+                self.send(walk, tasks, slot)?;
+            }
+            if cancel.is_cancelled() {
+                return Ok(Finished::Cancelled);
+            }
+            if tasks.is_empty() {
+                if walk.is_done() {
+                    return Ok(Finished::Completed);
+                }
+                return Err(SyncError::Internal(format!(
+                    "the walk of {} waits for nothing and is not done",
+                    self.decl.name
+                )));
+            }
+            let idle = walk.has_idle();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                joined = tasks.join_next() => {
+                    let fetched = joined
+                        .expect("tasks is not empty")
+                        .map_err(|e| SyncError::Internal(format!("a page request task failed: {e}")))?;
+                    if let Some(finished) = self.answered(walk, fetched).await? {
+                        return Ok(finished);
+                    }
+                }
+                // Another stream freed a slot while this one has a window waiting.
+                slot = slots.clone().acquire_owned(), if idle => {
+                    self.send(walk, tasks, slot.expect("the slots are never closed"))?;
+                }
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        walk: &mut Walk,
+        tasks: &mut JoinSet<Fetched>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), SyncError> {
+        // Splitting costs a request: only when a slot would otherwise stay free.
+        let may_split = self.engine.slots.available_permits() > 0;
+        let (ticket, req) = match walk.next(may_split) {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(()),
+            Err(source) => {
+                return Err(SyncError::Walk {
+                    endpoint: self.engine.source.endpoint(self.decl.name),
+                    source,
+                })
+            }
+        };
+        self.counts.requests += 1;
+        self.engine.sent(self.decl.name, &req);
+        tracing::debug!(
+            stream = self.decl.name,
+            updated = ?req.updated,
+            created = ?req.created,
+            order = ?req.order,
+            page = req.page,
+            limit = req.limit,
+            "request"
+        );
+        let source = self.engine.source.clone();
+        tasks.spawn(async move {
+            let result = source.fetch(&req).await;
+            (ticket, req, result, slot)
+        });
+        Ok(())
+    }
+
+    /// Applies one answer and commits it. `Some` ends the run.
+    async fn answered(
+        &mut self,
+        walk: &mut Walk,
+        fetched: Fetched,
+    ) -> Result<Option<Finished>, SyncError> {
+        let (ticket, req, result, slot) = fetched;
+        drop(slot);
+        let page = match result {
+            Ok(page) => page,
+            Err(e) if e.kind == FailureKind::Cancelled => return Ok(Some(Finished::Cancelled)),
+            Err(e) if e.kind == FailureKind::AskForLess && req.limit > MIN_PAGE => {
+                tracing::warn!(
+                    stream = self.decl.name,
+                    limit = req.limit,
+                    "the server asked for smaller pages"
+                );
+                walk.shrink(ticket);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let items = page.records.len();
+        let applied = walk.apply(ticket, page).map_err(|source| SyncError::Walk {
+            endpoint: self.engine.source.endpoint(self.decl.name),
+            source,
+        })?;
+        for note in &applied.notes {
+            tracing::warn!(stream = self.decl.name, "{note}");
+        }
+        tracing::debug!(
+            stream = self.decl.name,
+            items,
+            kept = applied.records.len(),
+            "page"
+        );
+        self.commit(walk, &applied.records).await?;
+        Ok(None)
+    }
+
+    /// Writes `records` and the walk's cursor in one transaction.
+    async fn commit(
+        &mut self,
+        walk: &Walk,
+        records: &[crate::source::Record],
+    ) -> Result<(), SyncError> {
+        let engine = self.engine;
+        let cursor = walk.cursor();
+        let mut tx = engine.store.begin().await?;
+        let rows = self.decl.rows(records);
+        let written = crate::store::rows::upsert(&mut tx, self.decl.table, &rows).await?;
+        let account_id = rows.first().map(|r| r.account_id);
+        crate::store::Store::save_cursor(
+            &mut tx,
+            &engine.account,
+            self.decl.name,
+            &stored(&cursor),
+            written,
+            account_id,
+        )
+        .await?;
+        tx.commit().await.map_err(|source| StoreError::Query {
+            doing: "committing a page",
+            source,
+        })?;
+        self.synced_up_to = cursor.synced_up_to();
+        self.counts.window_upper = walk.through();
+        self.counts.pages += 1;
+        self.counts.rows_seen += records.len() as u64;
+        self.counts.rows_written += written;
+        if let Some(progress) = &engine.progress {
+            progress(self.decl.name, &self.counts);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,699 @@
+//! The walk of one stream in one run, as a pure state machine: no I/O, no clock, so every
+//! rule can be tested on its own and the whole walk can be model-checked (see `model`).
+//!
+//! The run asks [`Walk::next`] for requests, sends them (several side by side), and hands
+//! each answer to [`Walk::apply`], which returns the records to store; the run then commits
+//! them together with [`Walk::cursor`] in one transaction. The cursor only ever describes
+//! what applied pages proved, never what is in flight, so a crash at any instant loses
+//! nothing: the pages in flight are asked for again.
+//!
+//! A run's first request asks for everything above `through` with no upper bound; its
+//! answer's `Date` fixes the run's window `(through, server time − lag]`. Windows left open
+//! by an interrupted run are resumed side by side with it.
+
+pub mod page;
+pub mod plan;
+
+#[cfg(test)]
+mod model;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::source::{Page, PageRequest, Record, WalkKind};
+use crate::sync::cursor::{ById, Cursor, Key, Plan, Position, Window};
+use page::{Ctx, Fallback, Param, Step};
+use plan::{Learned, Target};
+
+/// Items consecutive pages of a walk by offset share at first: two items may leave the list
+/// between two pages of one window without a step back.
+const OVERLAP: u32 = 3;
+/// A window is split for another request only when about this many pages are left in it:
+/// each split costs at least one partial page.
+const SPLIT_MIN_PAGES: f64 = 2.0;
+/// Never ask for pages smaller than this after "ask for less".
+const MIN_PAGE: u32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct WalkSettings {
+    /// Seconds behind the server's clock that a run's window ends.
+    pub lag: i64,
+    pub page_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(
+        "stream `{stream}`: the API does not honour {param} ({detail}), and no other way to walk \
+         this stream is left, so what lies past this point cannot be proven stored"
+    )]
+    Unhonoured {
+        stream: &'static str,
+        param: Param,
+        detail: String,
+    },
+    #[error(
+        "the server's answer had no usable Date header, so the window cannot be bounded by server \
+         time (the local clock is never used)"
+    )]
+    NoServerTime,
+    #[error(
+        "stream `{stream}`: entities keep leaving the list faster than the walk can prove its \
+         pages continuous, and every page that could go on was asked for already in this run; \
+         the run stops rather than send a query twice (the next run goes on from here)"
+    )]
+    WouldRepeat { stream: &'static str },
+}
+
+/// Identifies a request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(u64);
+
+/// What a walk did so far (for logs and `sync_runs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    pub planned: u64,
+    pub step_backs: u64,
+    /// Items outside the `updated_at` range their page was asked for.
+    pub strays: u64,
+    /// Items received in pages asked with an `updated_at` range.
+    pub filtered: u64,
+    pub splits: u64,
+}
+
+/// Strays are evidence that `filter[updated_at]` is not applied once there are at least this
+/// many and they make up at least one in twenty of the items asked with it: one odd item
+/// proves little, a steady share proves the filter is off.
+const STRAYS_MIN: u64 = 3;
+const STRAYS_SHARE: u64 = 20;
+
+/// What applying one page gave.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Records to store with the new cursor.
+    pub records: Vec<Record>,
+    /// Things an operator may want to know (a fallback, a step back, a page-size cap).
+    pub notes: Vec<String>,
+}
+
+/// A window as the walk drives it: the stored part plus what only matters while running.
+#[derive(Debug, Clone)]
+struct Live {
+    id: u64,
+    from: i64,
+    /// `None` for the run's first window until its first answer fixes it.
+    to: Option<i64>,
+    at: Position,
+    /// Items whose `updated_at` is below this cannot have raced the list.
+    race_bound: i64,
+    busy: Option<Ticket>,
+    overlap: u32,
+    remaining: Option<f64>,
+    split_at: Option<i64>,
+    /// Bounds a walk by offset keeps while it lasts: a bound learned inclusive halfway
+    /// would change its list under it.
+    frozen: Option<Learned>,
+}
+
+/// Whether a position walks one list by page offsets.
+fn by_offset(at: &Position) -> bool {
+    matches!(
+        at,
+        Position::UpdatedSecond { .. }
+            | Position::CreatedSecond { .. }
+            | Position::ById { .. }
+            | Position::Descending { .. }
+    )
+}
+
+pub struct Walk {
+    stream: &'static str,
+    kind: WalkKind,
+    lag: i64,
+    limit: u32,
+    through: Option<i64>,
+    probed_at: Option<i64>,
+    plan: Plan,
+    windows: Vec<Live>,
+    learned: Learned,
+    /// Every query of this run: none is ever sent twice (Kommo lists "the same data
+    /// requested several times in a short period" as a reason to block the IP).
+    sent: HashSet<PageRequest>,
+    tickets: HashMap<Ticket, (u64, PageRequest)>,
+    next_id: u64,
+    stats: WalkStats,
+}
+
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walk")
+            .field("stream", &self.stream)
+            .field("through", &self.through)
+            .field("plan", &self.plan)
+            .field("windows", &self.windows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a fresh window's walk starts.
+fn start(plan: &Plan, kind: WalkKind, from: i64) -> Position {
+    match (plan, kind) {
+        (Plan::Keyset, WalkKind::UpdatedAtKeyset) => Position::UpdatedAt { key: Key::at(from) },
+        (Plan::Keyset, WalkKind::CreatedAtInWindow) => Position::CreatedAt { key: None },
+        (Plan::ById { .. }, _) => Position::ById {
+            by_id: ById::default(),
+        },
+        (Plan::Descending { .. }, _) => Position::Descending {
+            floor: None,
+            offset: 0,
+        },
+    }
+}
+
+impl Walk {
+    /// A walk that goes on from `cursor` (`Cursor::default()` for a full sync).
+    pub fn new(
+        stream: &'static str,
+        kind: WalkKind,
+        cursor: Cursor,
+        settings: &WalkSettings,
+    ) -> Walk {
+        let mut walk = Walk {
+            stream,
+            kind,
+            lag: settings.lag,
+            limit: settings.page_size.max(1),
+            through: cursor.through,
+            probed_at: cursor.probed_at,
+            plan: cursor.plan,
+            windows: Vec::new(),
+            learned: Learned::default(),
+            sent: HashSet::new(),
+            tickets: HashMap::new(),
+            next_id: 0,
+            stats: WalkStats::default(),
+        };
+        let first_from = cursor.through.map_or(0, |t| t + 1);
+        let descending = matches!(walk.plan, Plan::Descending { .. });
+        let mut probe_from = first_from;
+        for w in cursor.windows {
+            if descending {
+                // One walk from the top covers every window at once.
+                probe_from = probe_from.min(w.from);
+                continue;
+            }
+            let id = walk.id();
+            walk.windows.push(Live {
+                id,
+                from: w.from,
+                to: Some(w.to),
+                // Resumed from an earlier run: every edit made since shows a time newer
+                // than that run's first answer.
+                race_bound: cursor.probed_at.unwrap_or(w.to + 1).max(w.to + 1),
+                at: w.at,
+                busy: None,
+                overlap: OVERLAP,
+                remaining: None,
+                split_at: None,
+                frozen: None,
+            });
+        }
+        let id = walk.id();
+        let at = start(&walk.plan, kind, probe_from);
+        walk.windows.insert(
+            0,
+            Live {
+                id,
+                from: probe_from,
+                to: None,
+                race_bound: i64::MIN,
+                at,
+                busy: None,
+                overlap: OVERLAP,
+                remaining: None,
+                split_at: None,
+                frozen: None,
+            },
+        );
+        walk
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn stream(&self) -> &'static str {
+        self.stream
+    }
+
+    pub fn stats(&self) -> &WalkStats {
+        &self.stats
+    }
+
+    /// The page size in use (halved after "ask for less", or a server's silent cap).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Every window is complete.
+    pub fn is_done(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Whether a window is waiting for a request (so a free request slot can be used now).
+    pub fn has_idle(&self) -> bool {
+        self.windows.iter().any(|w| w.busy.is_none())
+    }
+
+    /// The upper end of this run's window, once the first answer fixed it.
+    pub fn through(&self) -> Option<i64> {
+        self.through
+    }
+
+    /// What is proven stored, in the stored form: commit it with the records of each page.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            through: self.through,
+            windows: self
+                .windows
+                .iter()
+                .filter_map(|w| match w.to {
+                    Some(to) => Some(Window {
+                        from: w.from,
+                        to,
+                        at: w.at.clone(),
+                    }),
+                    // A window whose first answer has not come yet has proven nothing; the
+                    // part of it that `through` already claims (windows merged into it)
+                    // stays open.
+                    None => self.through.filter(|t| w.from <= *t).map(|t| Window {
+                        from: w.from,
+                        to: t,
+                        at: w.at.clone(),
+                    }),
+                })
+                .collect(),
+            plan: self.plan.clone(),
+            probed_at: self.probed_at,
+        }
+    }
+
+    /// Queries this process sent for the stream recently (in runs before this one): none of
+    /// them is sent again by this walk.
+    pub fn avoid(&mut self, recent: impl IntoIterator<Item = PageRequest>) {
+        self.sent.extend(recent);
+    }
+
+    /// The next request to send, if a window waits for one. With `may_split` (a request
+    /// slot would otherwise go unused), a large window is split first so that its parts are
+    /// fetched side by side.
+    pub fn next(&mut self, may_split: bool) -> Result<Option<(Ticket, PageRequest)>, WalkError> {
+        let Some(idx) = self.windows.iter().position(|w| w.busy.is_none()) else {
+            return Ok(None);
+        };
+        if may_split {
+            self.split(idx);
+        }
+        let learned = self.learned;
+        let w = &mut self.windows[idx];
+        if by_offset(&w.at) && w.frozen.is_none() {
+            w.frozen = Some(learned);
+        }
+        let w = &self.windows[idx];
+        let Some(req) = plan::request(
+            &Target {
+                stream: self.stream,
+                from: w.from,
+                to: w.to,
+                at: &w.at,
+                limit: self.limit,
+                overlap: w.overlap,
+            },
+            w.frozen.as_ref().unwrap_or(&self.learned),
+            &self.sent,
+        ) else {
+            return Err(WalkError::WouldRepeat {
+                stream: self.stream,
+            });
+        };
+        let wid = w.id;
+        let ticket = Ticket(self.id());
+        self.sent.insert(req.clone());
+        self.tickets.insert(ticket, (wid, req.clone()));
+        self.windows[idx].busy = Some(ticket);
+        self.stats.planned += 1;
+        Ok(Some((ticket, req)))
+    }
+
+    /// The server asked for smaller pages (Kommo's 504): the window asks again for less.
+    pub fn shrink(&mut self, ticket: Ticket) {
+        if let Some((wid, req)) = self.tickets.remove(&ticket) {
+            self.limit = self.limit.min((req.limit / 2).max(MIN_PAGE));
+            if let Some(w) = self.windows.iter_mut().find(|w| w.id == wid) {
+                w.busy = None;
+            }
+        }
+    }
+
+    /// Applies the answer to the request `ticket` and returns what to store.
+    pub fn apply(&mut self, ticket: Ticket, page: Page) -> Result<Applied, WalkError> {
+        let mut applied = Applied::default();
+        let Some((wid, req)) = self.tickets.remove(&ticket) else {
+            return Ok(applied);
+        };
+        // A window replaced by a fallback while this page was in flight: the page proves
+        // nothing about the new walk.
+        let Some(idx) = self.windows.iter().position(|w| w.id == wid) else {
+            return Ok(applied);
+        };
+        self.windows[idx].busy = None;
+        if self.windows[idx].to.is_none() {
+            let server_time = page.server_time.ok_or(WalkError::NoServerTime)?;
+            let upper = server_time - self.lag;
+            let w = &mut self.windows[idx];
+            if upper < w.from {
+                // The server's clock is behind what is stored (or the lag grew): nothing to
+                // do in this run.
+                self.windows.remove(idx);
+                return Ok(applied);
+            }
+            w.to = Some(upper);
+            w.race_bound = server_time;
+            self.through = Some(self.through.map_or(upper, |t| t.max(upper)));
+            self.probed_at = Some(self.probed_at.map_or(server_time, |p| p.max(server_time)));
+        }
+        let len = page.records.len();
+        if len < req.limit as usize && page::is_full(len, req.limit) && (len as u32) < self.limit {
+            applied.notes.push(format!(
+                "the server sent {len} items for a page of {}: using pages of {len}",
+                req.limit
+            ));
+            self.limit = len as u32;
+        }
+        self.learned.learn(&req, &page.records);
+        let w = &self.windows[idx];
+        let ctx = Ctx {
+            from: w.from,
+            to: w.to.expect("fixed above"),
+            race_bound: w.race_bound,
+            can_descend: self.kind == WalkKind::UpdatedAtKeyset,
+            alone: self.windows.len() == 1,
+        };
+        if req.updated.is_some() {
+            self.stats.filtered += page.records.len() as u64;
+        }
+        let out = page::apply(&ctx, &w.at, &req, page.records);
+        self.stats.strays += out.strays as u64;
+        if out.strays > 0 {
+            applied.notes.push(format!(
+                "{} items outside the asked updated_at range (ignored)",
+                out.strays
+            ));
+        }
+        applied.records = out.keep;
+        let unhonoured = matches!(out.step, Step::Unhonoured { .. });
+        self.step(idx, out.step, out.remaining, out.split_at, &mut applied)?;
+        if !unhonoured && self.strays_prove_the_filter_off() {
+            self.turn_from_the_filter(&mut applied);
+        }
+        Ok(applied)
+    }
+
+    /// `filter[updated_at]` is not applied: walk from the newest down where the stream can
+    /// be, else as one window by id (windows would each read the same whole list).
+    fn turn_from_the_filter(&mut self, applied: &mut Applied) {
+        let because = format!(
+            "{} is not honoured: {} of {} items came from outside the asked updated_at range",
+            Param::FilterUpdatedAt,
+            self.stats.strays,
+            self.stats.filtered
+        );
+        match self.kind {
+            WalkKind::UpdatedAtKeyset => {
+                applied.notes.push(format!(
+                    "{because}; walking from the newest down without filters"
+                ));
+                self.plan = Plan::Descending { because };
+                if !self.windows.is_empty() {
+                    self.descend();
+                }
+            }
+            WalkKind::CreatedAtInWindow => {
+                applied
+                    .notes
+                    .push(format!("{because}; walking the stream as one window by id"));
+                self.plan = Plan::ById { because };
+                if !self.windows.is_empty() {
+                    self.merge(Position::ById {
+                        by_id: ById::default(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether the strays seen so far prove that the API does not apply the `updated_at`
+    /// filter, and the walk has not yet turned away from it.
+    fn strays_prove_the_filter_off(&self) -> bool {
+        let settled = match (&self.plan, self.kind) {
+            (Plan::Descending { .. }, _) => true,
+            (Plan::ById { .. }, WalkKind::CreatedAtInWindow) => self.windows.len() <= 1,
+            _ => false,
+        };
+        !settled
+            && self.stats.strays >= STRAYS_MIN
+            && self.stats.strays * STRAYS_SHARE >= self.stats.filtered
+    }
+
+    fn step(
+        &mut self,
+        idx: usize,
+        step: Step,
+        remaining: Option<f64>,
+        split_at: Option<i64>,
+        applied: &mut Applied,
+    ) -> Result<(), WalkError> {
+        match step {
+            Step::Goes(at) => {
+                let w = &mut self.windows[idx];
+                if std::mem::discriminant(&w.at) != std::mem::discriminant(&at) {
+                    w.overlap = OVERLAP;
+                    w.frozen = None;
+                }
+                w.at = at;
+                w.remaining = remaining;
+                w.split_at = split_at;
+            }
+            Step::StepBack(at) => {
+                let limit = self.limit;
+                let w = &mut self.windows[idx];
+                w.at = at;
+                w.overlap = (w.overlap * 2).min(limit.saturating_sub(1).max(1));
+                self.stats.step_backs += 1;
+                applied
+                    .notes
+                    .push("items left the list between two pages: stepping back".into());
+            }
+            Step::Done => {
+                self.windows.remove(idx);
+            }
+            Step::Unhonoured {
+                param,
+                fallback,
+                detail,
+                switch,
+                then,
+            } => {
+                let fail = || WalkError::Unhonoured {
+                    stream: self.stream,
+                    param,
+                    detail: detail.clone(),
+                };
+                let because = format!("{param} is not honoured: {detail}");
+                match (fallback, self.kind) {
+                    (Fallback::None, _) | (Fallback::Descending, WalkKind::CreatedAtInWindow) => {
+                        return Err(fail());
+                    }
+                    (Fallback::Descending, WalkKind::UpdatedAtKeyset) => {
+                        if matches!(self.plan, Plan::Descending { .. }) {
+                            return Err(fail());
+                        }
+                        applied.notes.push(format!(
+                            "{because}; walking from the newest down without filters"
+                        ));
+                        self.plan = Plan::Descending { because };
+                        self.descend();
+                    }
+                    (Fallback::OneWindow, _) => {
+                        applied
+                            .notes
+                            .push(format!("{because}; walking the stream as one window by id"));
+                        self.plan = Plan::ById { because };
+                        self.merge(Position::ById {
+                            by_id: ById::default(),
+                        });
+                    }
+                    (Fallback::ById, _) => {
+                        applied.notes.push(format!("{because}; walking by id"));
+                        if switch && !matches!(self.plan, Plan::Descending { .. }) {
+                            self.plan = Plan::ById { because };
+                            self.convert_others_by_id(idx);
+                        }
+                        match then {
+                            Some(step) => {
+                                return self.step(idx, *step, remaining, split_at, applied)
+                            }
+                            None => {
+                                let w = &mut self.windows[idx];
+                                by_id_from_proven(w);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every other window goes over to the walk by id. Their pages in flight were planned
+    /// for the old walk and are dropped when they come back.
+    fn convert_others_by_id(&mut self, keep: usize) {
+        for i in 0..self.windows.len() {
+            if i == keep || matches!(self.windows[i].at, Position::ById { .. }) {
+                continue;
+            }
+            let id = self.id();
+            let w = &mut self.windows[i];
+            w.id = id;
+            w.busy = None;
+            by_id_from_proven(w);
+        }
+    }
+
+    /// One walk from the newest down replaces every window (pages in flight are dropped).
+    fn descend(&mut self) {
+        self.merge(Position::Descending {
+            floor: None,
+            offset: 0,
+        });
+    }
+
+    /// One window covering every window replaces them, walked from `at` (pages in flight
+    /// are dropped).
+    fn merge(&mut self, at: Position) {
+        let from = self.windows.iter().map(|w| w.from).min().unwrap_or(0);
+        let unresolved = self.windows.iter().any(|w| w.to.is_none());
+        let to = if unresolved {
+            None
+        } else {
+            self.windows.iter().filter_map(|w| w.to).max()
+        };
+        let race_bound = self
+            .windows
+            .iter()
+            .map(|w| w.race_bound)
+            .max()
+            .unwrap_or(i64::MIN);
+        let id = self.id();
+        self.windows = vec![Live {
+            id,
+            from,
+            to,
+            race_bound: if unresolved { i64::MIN } else { race_bound },
+            at,
+            busy: None,
+            overlap: OVERLAP,
+            remaining: None,
+            split_at: None,
+            frozen: None,
+        }];
+    }
+
+    /// Splits the window at `idx` if enough is left in it; the new part is idle.
+    fn split(&mut self, idx: usize) {
+        let limit = f64::from(self.limit);
+        let w = &self.windows[idx];
+        let Some(to) = w.to else { return };
+        let big = w.remaining.is_some_and(|r| r >= SPLIT_MIN_PAGES * limit);
+        let (lower_to, upper) = match &w.at {
+            Position::UpdatedAt { key } if big && to - key.second >= 2 => {
+                let k = key.second;
+                let m = w
+                    .split_at
+                    .filter(|m| *m > k && *m < to)
+                    .unwrap_or(k + (to - k) / 2);
+                (
+                    m,
+                    (
+                        m + 1,
+                        Position::UpdatedAt {
+                            key: Key::at(m + 1),
+                        },
+                    ),
+                )
+            }
+            Position::CreatedAt { key } if big && to - w.from >= 2 => {
+                let m = w
+                    .split_at
+                    .filter(|m| *m > w.from && *m < to)
+                    .unwrap_or(w.from + (to - w.from) / 2);
+                // Everything created before the key is stored across the whole window, so
+                // the upper part goes on from the same key.
+                (m, (m + 1, Position::CreatedAt { key: key.clone() }))
+            }
+            // The rest of the window after a crowded second goes on beside it.
+            Position::UpdatedSecond { second, .. } if *second < to => {
+                let s = *second;
+                (
+                    s,
+                    (
+                        s + 1,
+                        Position::UpdatedAt {
+                            key: Key::at(s + 1),
+                        },
+                    ),
+                )
+            }
+            _ => return,
+        };
+        let (upper_from, upper_at) = upper;
+        let half = w.remaining.map(|r| r / 2.0);
+        let race_bound = w.race_bound;
+        let id = self.id();
+        let w = &mut self.windows[idx];
+        w.to = Some(lower_to);
+        w.remaining = half;
+        w.split_at = None;
+        self.windows.push(Live {
+            id,
+            from: upper_from,
+            to: Some(to),
+            at: upper_at,
+            race_bound,
+            busy: None,
+            overlap: OVERLAP,
+            remaining: half,
+            split_at: None,
+            frozen: None,
+        });
+        self.stats.splits += 1;
+    }
+}
+
+/// Restarts a window's walk by id from what its current walk has proven.
+fn by_id_from_proven(w: &mut Live) {
+    match &w.at {
+        // Everything before the key is stored.
+        Position::UpdatedAt { key } => w.from = w.from.max(key.second),
+        Position::UpdatedSecond { second, .. } => w.from = w.from.max(*second),
+        // `created_at` progress says nothing about ids: the whole window again.
+        _ => {}
+    }
+    w.at = Position::ById {
+        by_id: ById::default(),
+    };
+    w.overlap = OVERLAP;
+    w.remaining = None;
+    w.split_at = None;
+    w.frozen = None;
+}
