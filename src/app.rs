@@ -8,14 +8,26 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{AuthSettings, Settings};
 use crate::kommo::{KommoClient, KommoSource};
 use crate::metrics::Metrics;
 use crate::server::Health;
+use crate::source::Source;
+use crate::store::state::StreamStatus;
+use crate::store::tokens::PgTokens;
 use crate::store::Store;
-use crate::sync::engine::ProgressFn;
+use crate::sync::run::ProgressFn;
 use crate::sync::scheduler::{run_schedules, Schedule};
 use crate::sync::{EngineSettings, RunReport, SyncEngine, SyncError};
+use crate::tokens::TokenStore;
+
+/// Each stream and the table it fills, from the source's declarations.
+pub fn stream_tables() -> Vec<(&'static str, &'static str)> {
+    crate::kommo::STREAMS
+        .iter()
+        .map(|s| (s.name, s.table.name))
+        .collect()
+}
 
 /// How long shutdown waits for runs to finish their page before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -48,18 +60,35 @@ impl App {
     ) -> anyhow::Result<App> {
         let store = Store::connect(&settings.database).await?;
         store.migrate().await?;
+        let account = settings.kommo.account_key();
+        let closed = store.close_interrupted_runs(&account).await?;
+        if closed > 0 {
+            tracing::info!(
+                runs = closed,
+                "closed the runs a stopped process left running (outcome interrupted)"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
+        // Only OAuth keeps anything in the database; a long-lived token needs no store.
+        let tokens: Option<Arc<dyn TokenStore>> = match settings.kommo.auth {
+            AuthSettings::OAuth(_) => Some(Arc::new(PgTokens {
+                store: store.clone(),
+            })),
+            AuthSettings::LongLivedToken(_) => None,
+        };
         let client = Arc::new(
-            KommoClient::new(
-                &settings.kommo,
-                cancel.clone(),
-                metrics.clone(),
-                store.clone(),
-            )
-            .context("building the HTTP client")?,
+            KommoClient::new(&settings.kommo, cancel.clone(), metrics.clone(), tokens)
+                .context("building the HTTP client")?,
         );
+        // A ban (403) outlives the process that met it: nothing is sent before it ends.
+        if let Some(until) = store.stored_ban(&account).await? {
+            client.politeness().restore_ban(until);
+            tracing::warn!(
+                %until,
+                "Kommo blocked this IP (a 403 stored by an earlier run): no request is sent before the ban ends"
+            );
+        }
         let source = Arc::new(KommoSource::new(client.clone()));
-        let politeness = client.politeness().clone();
         let mut engine = SyncEngine::new(
             source,
             store.clone(),
@@ -70,7 +99,6 @@ impl App {
                 page_size: settings.kommo.page_size,
             },
         )
-        .with_ban_probe(Arc::new(move || politeness.snapshot().banned_until))
         .with_metrics(metrics.clone());
         if let Some(p) = progress {
             engine = engine.with_progress(p);
@@ -88,12 +116,20 @@ impl App {
 
     /// What the side server's endpoints look at.
     pub fn health(&self) -> Health {
+        let source = self.engine.source().clone();
         Health {
             store: self.store.clone(),
-            politeness: self.client.politeness().clone(),
+            source: Arc::new(move || source.health()),
             metrics: self.metrics.clone(),
             scheduled: self.scheduled.clone(),
         }
+    }
+
+    /// `status` of the configured account: one row per stream that has run.
+    pub async fn status(&self) -> Result<Vec<StreamStatus>, crate::store::StoreError> {
+        self.store
+            .status(&self.settings.kommo.account_key(), &stream_tables())
+            .await
     }
 
     /// One pass over `streams` (all enabled ones when empty), side by side under the shared
@@ -103,6 +139,28 @@ impl App {
         streams: &[String],
         full: bool,
     ) -> Result<Vec<RunReport>, SyncError> {
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for (_, result) in self.sync_each(streams, full).await? {
+            match result {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+
+    /// Like [`App::sync_once`], with each stream's own result.
+    pub async fn sync_each(
+        &self,
+        streams: &[String],
+        full: bool,
+    ) -> Result<Vec<(String, Result<RunReport, SyncError>)>, SyncError> {
         let names: Vec<String> = if streams.is_empty() {
             self.settings.enabled_streams()
         } else {
@@ -114,20 +172,8 @@ impl App {
         let runs = names
             .iter()
             .map(|n| self.engine.run_stream(n, full, &self.cancel));
-        let mut reports = Vec::new();
-        let mut first_error = None;
-        for r in futures::future::join_all(runs).await {
-            match r {
-                Ok(report) => reports.push(report),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(reports),
-        }
+        let results = futures::future::join_all(runs).await;
+        Ok(names.into_iter().zip(results).collect())
     }
 
     /// The daemon: the side server (if configured) and scheduled runs of every enabled

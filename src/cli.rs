@@ -47,9 +47,8 @@ pub enum Command {
     Run,
     /// One pass over the streams, then exit (non-zero if any stream failed).
     Sync {
-        /// Stream to sync (repeat for several): leads, contacts, companies, tasks.
-        /// Default: every enabled stream.
-        #[arg(long = "stream", short = 's', value_name = "NAME", value_parser = ["leads", "contacts", "companies", "tasks"])]
+        /// Stream to sync (repeat for several). Default: every enabled stream.
+        #[arg(long = "stream", short = 's', value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(crate::kommo::stream_names()))]
         streams: Vec<String>,
         /// Start from scratch instead of the stored cursor. Rows are re-read and upserted;
         /// nothing is deleted.
@@ -156,7 +155,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Status { json } => {
             let store = Store::connect(&settings.database).await?;
             store.migrate().await?;
-            let rows = store.status(&settings.kommo.account_key()).await?;
+            let rows = store
+                .status(&settings.kommo.account_key(), &crate::app::stream_tables())
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -205,7 +206,11 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                             r.counts.pages,
                             r.counts.rows_seen,
                             r.counts.rows_written,
-                            if r.cancelled { "  (stopped early)" } else { "" }
+                            if r.cancelled() {
+                                "  (stopped early)"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     Ok(ExitCode::SUCCESS)
@@ -282,7 +287,7 @@ async fn auth_command(action: AuthAction, settings: Settings) -> anyhow::Result<
                     println!("auth:          oauth ({account})");
                     println!(
                         "state:         {}",
-                        if t.state == "ok" {
+                        if t.state == crate::tokens::TokenState::Ok {
                             "ok"
                         } else {
                             "locked out (refresh token revoked)"
@@ -300,7 +305,7 @@ async fn auth_command(action: AuthAction, settings: Settings) -> anyhow::Result<
                     if let Some(e) = &t.last_error {
                         println!("last error:    {e}");
                     }
-                    Ok(if t.state == "ok" {
+                    Ok(if t.state == crate::tokens::TokenState::Ok {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE
@@ -335,17 +340,10 @@ pub fn status_table(rows: &[StreamStatus]) -> String {
         "STREAM", "STATE", "SYNCED UP TO (UTC)", "LAG", "LAST SUCCESS", "ROWS", "LAST ERROR"
     );
     for r in rows {
-        let upto = match serde_json::from_value::<StoredCursor>(r.cursor.clone()) {
-            Ok(StoredCursor::V1(c)) => {
-                let upto = c
-                    .pending
-                    .iter()
-                    .map(|s| s.from - 1)
-                    .fold(c.watermark, i64::min);
-                DateTime::from_timestamp(upto, 0).filter(|_| upto >= 0)
-            }
-            Err(_) => None,
-        };
+        let upto = serde_json::from_value::<StoredCursor>(r.cursor.clone())
+            .ok()
+            .and_then(|c| c.into_current().synced_up_to())
+            .and_then(|u| DateTime::from_timestamp(u, 0));
         let lag = upto
             .map(|u| human_duration((Utc::now() - u).num_seconds()))
             .unwrap_or_else(|| "-".into());
@@ -384,7 +382,7 @@ fn human_duration(secs: i64) -> String {
 
 /// Spinners for an interactive `sync`: one line per stream with rows and requests per second.
 /// Nothing is drawn when stderr is not a terminal.
-fn progress_display(streams: &[String]) -> Option<crate::sync::engine::ProgressFn> {
+fn progress_display(streams: &[String]) -> Option<crate::sync::run::ProgressFn> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     use std::collections::HashMap;
     use std::io::IsTerminal;

@@ -9,6 +9,7 @@
 //! - [`sync`]: the source-agnostic part: cursor and walk ([`sync::cursor`]), one run of a
 //!   stream ([`sync::engine`]), cron schedule ([`sync::scheduler`]).
 //! - [`store`]: every SQL statement: entity upserts, custom field values, sync bookkeeping.
+//! - [`tokens`]: where a source keeps its OAuth token pair (a trait the app wires in).
 //! - [`metrics`] (Prometheus) and [`server`] (`/healthz`, `/readyz`, `/metrics`).
 //! - [`app`]: wiring and shutdown; [`cli`]: the commands; [`demo`]: a mirror of the
 //!   built-in simulator; [`telemetry`]: logs.
@@ -24,3 +25,4 @@ pub mod source;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tokens;

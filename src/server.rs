@@ -13,15 +13,16 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::kommo::rate_limit::Politeness;
 use crate::metrics::Metrics;
+use crate::source::SourceHealth;
 use crate::store::Store;
 
 /// What the endpoints look at.
 #[derive(Clone)]
 pub struct Health {
     pub store: Store,
-    pub politeness: Arc<Politeness>,
+    /// Whether the source stopped its traffic (a ban, refused credentials).
+    pub source: Arc<dyn Fn() -> SourceHealth + Send + Sync>,
     pub metrics: Arc<Metrics>,
     /// Set once migrations are applied and the schedule is running.
     pub scheduled: Arc<AtomicBool>,
@@ -38,7 +39,7 @@ impl Health {
             Ok(Err(e)) => return Some(format!("database unreachable: {e}")),
             Err(_) => return Some("database unreachable: no answer within 2 s".into()),
         }
-        let p = self.politeness.snapshot();
+        let p = (self.source)();
         if let Some(reason) = p.locked_out {
             return Some(format!("locked out: {reason}"));
         }

@@ -28,8 +28,7 @@ use url::Url;
 use super::error::KommoError;
 use super::rate_limit::Politeness;
 use crate::config::OAuthSettings;
-use crate::store::tokens::TokenRow;
-use crate::store::Store;
+use crate::tokens::{NewPair, TokenRow, TokenState, TokenStore, TokenStoreError};
 
 /// Steps of a refresh, where tests inject a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +89,19 @@ struct Pair {
     expires_in: i64,
 }
 
+impl Pair {
+    fn new_pair(&self) -> NewPair<'_> {
+        NewPair {
+            access: &self.access,
+            refresh: &self.refresh,
+            expires_in: self.expires_in,
+        }
+    }
+}
+
 pub struct OAuth {
-    store: Store,
+    /// Where the pair lives (the app wires in Postgres); refreshed only under its lock.
+    tokens: Arc<dyn TokenStore>,
     account: String,
     settings: OAuthSettings,
     token_url: Url,
@@ -106,7 +116,7 @@ pub struct OAuth {
 
 impl OAuth {
     pub fn new(
-        store: Store,
+        tokens: Arc<dyn TokenStore>,
         account: String,
         settings: OAuthSettings,
         base_url: &Url,
@@ -115,7 +125,7 @@ impl OAuth {
         cancel: CancellationToken,
     ) -> Self {
         OAuth {
-            store,
+            tokens,
             account,
             settings,
             token_url: base_url
@@ -162,14 +172,10 @@ impl OAuth {
         if let Some(c) = cached.as_ref().filter(|c| Instant::now() < c.due) {
             return Ok(c.access.clone());
         }
-        let row = self
-            .store
-            .load_tokens(&self.account)
-            .await
-            .map_err(store_error)?;
-        let row = self.usable(row)?;
+        let row = self.tokens.load(&self.account).await.map_err(store_error)?;
+        let row = self.usable(row.as_ref())?;
         let fresh = if row.expires_in_secs > self.margin_secs() {
-            self.cache(row.access_token, row.expires_in_secs)
+            self.cache(row.access_token.clone(), row.expires_in_secs)
         } else {
             self.refresh(Some(&row.access_token), false).await?
         };
@@ -195,24 +201,23 @@ impl OAuth {
     ) -> Result<Cached, KommoError> {
         // Take a turn at the limiter before locking, so the lock is held for the call only.
         self.acquire().await?;
-        let mut tx = self.store.begin().await.map_err(store_error)?;
-        let row = crate::store::Store::lock_tokens(&mut tx, &self.account)
-            .await
-            .map_err(store_error)?;
-        let row = self.usable(row)?;
+        let mut lock = self.tokens.lock(&self.account).await.map_err(store_error)?;
+        let row = self.usable(lock.row())?;
         let someone_else =
             used.is_some_and(|u| u.expose_secret() != row.access_token.expose_secret());
         if (someone_else || !force) && row.expires_in_secs > self.margin_secs() {
-            tx.commit().await.map_err(db_error)?;
-            return Ok(self.cache(row.access_token, row.expires_in_secs));
+            let fresh = self.cache(row.access_token.clone(), row.expires_in_secs);
+            lock.commit().await.map_err(store_error)?;
+            return Ok(fresh);
         }
+        let refresh_token = row.refresh_token.clone();
         self.step(RefreshStep::BeforeCall)?;
         let answer = self
             .call(json!({
                 "client_id": self.settings.client_id,
                 "client_secret": self.settings.client_secret.expose_secret(),
                 "grant_type": "refresh_token",
-                "refresh_token": row.refresh_token.expose_secret(),
+                "refresh_token": refresh_token.expose_secret(),
                 "redirect_uri": self.settings.redirect_uri,
             }))
             .await;
@@ -220,19 +225,17 @@ impl OAuth {
             Ok(pair) => {
                 // The old refresh token is dead now: commit the new pair before anything else.
                 self.step(RefreshStep::AfterResponse)?;
-                self.save(&mut tx, &pair).await?;
+                lock.save(pair.new_pair()).await.map_err(store_error)?;
                 self.step(RefreshStep::BeforeCommit)?;
-                tx.commit().await.map_err(db_error)?;
+                lock.commit().await.map_err(store_error)?;
                 self.step(RefreshStep::AfterCommit)?;
                 tracing::info!(expires_in = pair.expires_in, "OAuth access token refreshed");
                 Ok(self.cache(SecretString::from(pair.access), pair.expires_in as f64))
             }
             Err(KommoError::TokenRefused { status, detail }) => {
                 let why = format!("Kommo refused the refresh token ({status}: {detail})");
-                crate::store::Store::mark_tokens_revoked(&mut tx, &self.account, &why)
-                    .await
-                    .map_err(store_error)?;
-                tx.commit().await.map_err(db_error)?;
+                lock.mark_revoked(&why).await.map_err(store_error)?;
+                lock.commit().await.map_err(store_error)?;
                 Err(self.locked_out(&why))
             }
             Err(other) => Err(other),
@@ -251,9 +254,9 @@ impl OAuth {
                 "redirect_uri": self.settings.redirect_uri,
             }))
             .await?;
-        let mut tx = self.store.begin().await.map_err(store_error)?;
-        self.save(&mut tx, &pair).await?;
-        tx.commit().await.map_err(db_error)?;
+        let mut lock = self.tokens.lock(&self.account).await.map_err(store_error)?;
+        lock.save(pair.new_pair()).await.map_err(store_error)?;
+        lock.commit().await.map_err(store_error)?;
         *self.cached.lock().await = None;
         Ok(pair.expires_in)
     }
@@ -332,27 +335,14 @@ impl OAuth {
         }
     }
 
-    /// Writes a new pair into `tx` (committed by the caller, at once).
-    async fn save(&self, tx: &mut crate::store::Tx, pair: &Pair) -> Result<(), KommoError> {
-        crate::store::Store::save_tokens(
-            tx,
-            &self.account,
-            &pair.access,
-            &pair.refresh,
-            pair.expires_in,
-        )
-        .await
-        .map_err(store_error)
-    }
-
     /// The stored pair, if there is one that Kommo has not refused.
-    fn usable(&self, row: Option<TokenRow>) -> Result<TokenRow, KommoError> {
+    fn usable<'r>(&self, row: Option<&'r TokenRow>) -> Result<&'r TokenRow, KommoError> {
         let Some(row) = row else {
             return Err(KommoError::NoTokens {
                 account: self.account.clone(),
             });
         };
-        if row.state == "revoked" {
+        if row.state == TokenState::Revoked {
             return Err(self.locked_out(
                 row.last_error
                     .as_deref()
@@ -373,14 +363,6 @@ impl OAuth {
     }
 }
 
-fn store_error(e: crate::store::StoreError) -> KommoError {
-    KommoError::TokenStore {
-        message: e.to_string(),
-    }
-}
-
-fn db_error(e: sqlx::Error) -> KommoError {
-    KommoError::TokenStore {
-        message: e.to_string(),
-    }
+fn store_error(e: TokenStoreError) -> KommoError {
+    KommoError::TokenStore { message: e.0 }
 }

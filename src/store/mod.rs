@@ -5,7 +5,7 @@
 //! database could check them. The integration tests run every query against a real server.
 
 pub mod custom_fields;
-pub mod entities;
+pub mod rows;
 pub mod state;
 pub mod tokens;
 

@@ -36,7 +36,7 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RunOutcome::Ok => "ok",
             RunOutcome::Failed => "failed",
@@ -62,6 +62,18 @@ pub struct RunEnd {
     pub health: StreamHealth,
     pub error: Option<String>,
     pub blocked_until: Option<DateTime<Utc>>,
+}
+
+impl RunEnd {
+    /// A run that did not fail: the stream is healthy.
+    pub fn ok(outcome: RunOutcome) -> RunEnd {
+        RunEnd {
+            outcome,
+            health: StreamHealth::Ok,
+            error: None,
+            blocked_until: None,
+        }
+    }
 }
 
 /// One row of `status`.
@@ -132,21 +144,25 @@ impl Store {
     }
 
     /// Moves a stream's cursor inside the transaction that wrote the rows it covers.
+    /// `account_id`: the source's account id of those rows, when the page had any.
     pub async fn save_cursor(
         tx: &mut Tx,
         account: &str,
         stream: &str,
         cursor: &Value,
         rows_written: u64,
+        account_id: Option<i64>,
     ) -> Result<(), StoreError> {
         let updated = sqlx::query(
-            "UPDATE sync_state SET cursor = $3, rows_written = rows_written + $4, updated_at = now() \
+            "UPDATE sync_state SET cursor = $3, rows_written = rows_written + $4, \
+               account_id = coalesce($5, account_id), updated_at = now() \
              WHERE account = $1 AND stream = $2",
         )
         .bind(account)
         .bind(stream)
         .bind(cursor)
         .bind(rows_written as i64)
+        .bind(account_id)
         .execute(&mut **tx)
         .await
         .doing("moving the cursor")?;
@@ -209,42 +225,60 @@ impl Store {
         tx.commit().await.doing("recording the end of a run")
     }
 
-    /// Marks every stream of the account with a health (used when the whole account stops,
-    /// e.g. banned, so that streams that did not run show it too).
-    pub async fn mark_account(
-        &self,
-        account: &str,
-        health: StreamHealth,
-        error: &str,
-        blocked_until: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+    /// Closes the runs a dead process left `running`: a process calls this as it starts,
+    /// before any run of its own. Returns how many were closed.
+    pub async fn close_interrupted_runs(&self, account: &str) -> Result<u64, StoreError> {
         sqlx::query(
-            "UPDATE sync_state SET state = $2, last_error = $3, last_error_at = now(), blocked_until = $4, \
-               updated_at = now() WHERE account = $1",
+            "UPDATE sync_runs SET outcome = 'interrupted', finished_at = now(), \
+               error = coalesce(error, 'the process running it stopped before it ended (killed, or \
+               the database went away); the next run went on from the stored cursor') \
+             WHERE account = $1 AND outcome = 'running'",
         )
         .bind(account)
-        .bind(health.as_str())
-        .bind(error)
-        .bind(blocked_until)
         .execute(self.pool())
         .await
-        .doing("marking the account's streams")
-        .map(|_| ())
+        .doing("closing runs a stopped process left running")
+        .map(|r| r.rows_affected())
     }
 
-    /// Per-stream status for `status`, with the number of rows in each stream's table.
-    pub async fn status(&self, account: &str) -> Result<Vec<StreamStatus>, StoreError> {
-        sqlx::query_as::<_, StreamStatus>(
-            "SELECT s.stream, s.cursor, s.state, s.last_started_at, s.last_success_at, s.last_error, \
-               s.last_error_at, s.blocked_until, s.rows_written, \
-               CASE s.stream \
-                 WHEN 'leads' THEN (SELECT count(*) FROM leads) \
-                 WHEN 'contacts' THEN (SELECT count(*) FROM contacts) \
-                 WHEN 'companies' THEN (SELECT count(*) FROM companies) \
-                 WHEN 'tasks' THEN (SELECT count(*) FROM tasks) \
-                 ELSE 0 END AS rows \
-             FROM sync_state s WHERE s.account = $1 ORDER BY s.stream",
+    /// The end of a ban (403) stored by an earlier process, if it is not over yet.
+    pub async fn stored_ban(&self, account: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT max(blocked_until) FROM sync_state \
+             WHERE account = $1 AND state = 'banned' AND blocked_until > now()",
         )
+        .bind(account)
+        .fetch_one(self.pool())
+        .await
+        .doing("reading a stored ban")
+    }
+
+    /// Per-stream status for `status`, with the number of rows of this account in each
+    /// stream's table (`tables`: stream name and table, from the source's declarations).
+    pub async fn status(
+        &self,
+        account: &str,
+        tables: &[(&str, &str)],
+    ) -> Result<Vec<StreamStatus>, StoreError> {
+        // Table names come from the source's declarations, never from input.
+        let counts: String = tables
+            .iter()
+            .map(|(stream, table)| {
+                format!(
+                    "WHEN '{stream}' THEN (SELECT count(*) FROM {table} t WHERE t.account_id = s.account_id) "
+                )
+            })
+            .collect();
+        let rows = if tables.is_empty() {
+            "0".to_string()
+        } else {
+            format!("CASE s.stream {counts}ELSE 0 END")
+        };
+        sqlx::query_as::<_, StreamStatus>(&format!(
+            "SELECT s.stream, s.cursor, s.state, s.last_started_at, s.last_success_at, s.last_error, \
+               s.last_error_at, s.blocked_until, s.rows_written, coalesce({rows}, 0) AS rows \
+             FROM sync_state s WHERE s.account = $1 ORDER BY s.stream"
+        ))
         .bind(account)
         .fetch_all(self.pool())
         .await

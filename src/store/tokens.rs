@@ -1,31 +1,12 @@
-//! The OAuth token pair of an account (`oauth_tokens`), read and replaced under a row lock.
+//! The OAuth token pair of an account (`oauth_tokens`), read and replaced under a row lock:
+//! the Postgres implementation of [`crate::tokens::TokenStore`].
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use super::{Doing, Store, StoreError, Tx};
-
-/// A stored token pair. `Debug` shows no token.
-pub struct TokenRow {
-    pub access_token: SecretString,
-    pub refresh_token: SecretString,
-    pub access_expires_at: DateTime<Utc>,
-    /// Seconds until the access token expires, by the database's clock (negative: expired).
-    pub expires_in_secs: f64,
-    pub refresh_issued_at: DateTime<Utc>,
-    pub state: String,
-    pub last_error: Option<String>,
-}
-
-impl std::fmt::Debug for TokenRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenRow")
-            .field("access_expires_at", &self.access_expires_at)
-            .field("refresh_issued_at", &self.refresh_issued_at)
-            .field("state", &self.state)
-            .finish_non_exhaustive()
-    }
-}
+use crate::tokens::{NewPair, TokenLock, TokenRow, TokenState, TokenStore, TokenStoreError};
 
 type Row = (
     String,
@@ -47,9 +28,17 @@ fn row(r: Row) -> TokenRow {
         access_expires_at: r.2,
         expires_in_secs: r.3,
         refresh_issued_at: r.4,
-        state: r.5,
+        state: if r.5 == "revoked" {
+            TokenState::Revoked
+        } else {
+            TokenState::Ok
+        },
         last_error: r.6,
     }
+}
+
+fn token_error(e: StoreError) -> TokenStoreError {
+    TokenStoreError(e.to_string())
 }
 
 impl Store {
@@ -63,29 +52,51 @@ impl Store {
         .doing("reading the OAuth tokens")?;
         Ok(r.map(row))
     }
+}
 
-    /// Locks the account's token row until `tx` ends: whoever holds it is the only one who
-    /// may spend the refresh token.
-    pub async fn lock_tokens(tx: &mut Tx, account: &str) -> Result<Option<TokenRow>, StoreError> {
+/// The token pairs in `oauth_tokens`; a lock is `SELECT … FOR UPDATE` in a transaction.
+#[derive(Clone, Debug)]
+pub struct PgTokens {
+    pub store: Store,
+}
+
+struct PgTokenLock {
+    tx: Tx,
+    account: String,
+    row: Option<TokenRow>,
+}
+
+#[async_trait]
+impl TokenStore for PgTokens {
+    async fn load(&self, account: &str) -> Result<Option<TokenRow>, TokenStoreError> {
+        self.store.load_tokens(account).await.map_err(token_error)
+    }
+
+    async fn lock(&self, account: &str) -> Result<Box<dyn TokenLock>, TokenStoreError> {
+        let mut tx = self.store.begin().await.map_err(token_error)?;
         let r: Option<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM oauth_tokens WHERE account = $1 FOR UPDATE"
         ))
         .bind(account)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
-        .doing("locking the OAuth tokens")?;
-        Ok(r.map(row))
+        .doing("locking the OAuth tokens")
+        .map_err(token_error)?;
+        Ok(Box::new(PgTokenLock {
+            tx,
+            account: account.to_string(),
+            row: r.map(row),
+        }))
+    }
+}
+
+#[async_trait]
+impl TokenLock for PgTokenLock {
+    fn row(&self) -> Option<&TokenRow> {
+        self.row.as_ref()
     }
 
-    /// Stores a new pair (first exchange or refresh); the access token expires `expires_in`
-    /// seconds from now by the database's clock.
-    pub async fn save_tokens(
-        tx: &mut Tx,
-        account: &str,
-        access: &str,
-        refresh: &str,
-        expires_in: i64,
-    ) -> Result<(), StoreError> {
+    async fn save(&mut self, pair: NewPair<'_>) -> Result<(), TokenStoreError> {
         sqlx::query(
             "INSERT INTO oauth_tokens (account, access_token, refresh_token, access_expires_at, refresh_issued_at) \
              VALUES ($1, $2, $3, now() + make_interval(secs => $4), now()) \
@@ -93,27 +104,35 @@ impl Store {
                refresh_token = excluded.refresh_token, access_expires_at = excluded.access_expires_at, \
                refresh_issued_at = excluded.refresh_issued_at, state = 'ok', last_error = NULL, updated_at = now()",
         )
-        .bind(account)
-        .bind(access)
-        .bind(refresh)
-        .bind(expires_in as f64)
-        .execute(&mut **tx)
+        .bind(&self.account)
+        .bind(pair.access)
+        .bind(pair.refresh)
+        .bind(pair.expires_in as f64)
+        .execute(&mut *self.tx)
         .await
         .doing("storing the OAuth tokens")
+        .map_err(token_error)
         .map(|_| ())
     }
 
-    pub async fn mark_tokens_revoked(
-        tx: &mut Tx,
-        account: &str,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE oauth_tokens SET state = 'revoked', last_error = $2, updated_at = now() WHERE account = $1")
-            .bind(account)
-            .bind(error)
-            .execute(&mut **tx)
+    async fn mark_revoked(&mut self, why: &str) -> Result<(), TokenStoreError> {
+        sqlx::query(
+            "UPDATE oauth_tokens SET state = 'revoked', last_error = $2, updated_at = now() WHERE account = $1",
+        )
+        .bind(&self.account)
+        .bind(why)
+        .execute(&mut *self.tx)
+        .await
+        .doing("marking the OAuth tokens revoked")
+        .map_err(token_error)
+        .map(|_| ())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), TokenStoreError> {
+        self.tx
+            .commit()
             .await
-            .doing("marking the OAuth tokens revoked")
-            .map(|_| ())
+            .doing("committing the OAuth tokens")
+            .map_err(token_error)
     }
 }

@@ -114,7 +114,7 @@ async fn two_daemons_refreshing_one_account_never_lock_it_out() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.state, "ok");
+    assert_eq!(row.state, kommo_sync::tokens::TokenState::Ok);
 }
 
 /// A crash at each step of a refresh, then a restart. Only a crash between Kommo's answer
@@ -174,11 +174,7 @@ async fn a_crash_at_each_step_of_a_refresh_loses_the_token_only_inside_the_round
                 before,
                 "{step:?}: no retry loop"
             );
-            let status = restarted
-                .store
-                .status(&restarted.settings.kommo.account_key())
-                .await
-                .unwrap();
+            let status = restarted.status().await.unwrap();
             assert!(
                 status.iter().any(|s| s.state == "locked_out"),
                 "{step:?}: {status:?}"

@@ -87,12 +87,7 @@ async fn a_403_stops_all_traffic_for_the_back_off_and_is_reported() {
     assert!(err.contains("blocked"), "{err}");
     assert_eq!(sim.counters().requests, after_ban.requests);
 
-    let status = t
-        .app
-        .store
-        .status(&t.app.settings.kommo.account_key())
-        .await
-        .unwrap();
+    let status = t.app.status().await.unwrap();
     assert_eq!(status.len(), 4);
     for s in &status {
         assert_eq!(s.state, "banned", "{s:?}");
@@ -108,12 +103,7 @@ async fn a_403_stops_all_traffic_for_the_back_off_and_is_reported() {
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
     t.sync().await;
-    let status = t
-        .app
-        .store
-        .status(&t.app.settings.kommo.account_key())
-        .await
-        .unwrap();
+    let status = t.app.status().await.unwrap();
     assert!(
         status
             .iter()

@@ -1,0 +1,267 @@
+//! Writing rows of a mirrored table: one `INSERT … SELECT FROM UNNEST(…)` per page.
+//!
+//! A source declares each table it fills ([`TableDecl`]: its typed columns) and turns each
+//! entity into a [`Row`] (the cells in the declared order, the entity as received, its custom
+//! field values). The store knows nothing of any source's JSON: it derives the statement
+//! from the declaration and binds the cells column by column.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+
+use super::custom_fields::{self, FieldValue};
+use super::{Doing, StoreError, Tx};
+
+/// The SQL type of a typed column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Int,
+    Num,
+    Text,
+    Bool,
+    /// Unix seconds, stored as `timestamptz`.
+    Time,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnDecl {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+pub const fn col(name: &'static str, kind: Kind) -> ColumnDecl {
+    ColumnDecl { name, kind }
+}
+
+/// A table of one stream: key `(account_id, id)`, `updated_at`, `raw`, `synced_at`, and the
+/// typed columns listed here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDecl {
+    pub name: &'static str,
+    pub columns: &'static [ColumnDecl],
+    /// Whether the entities have custom field values (kept in `custom_field_values` under
+    /// `entity_type = name`, rewritten with the entity).
+    pub custom_fields: bool,
+}
+
+/// One typed value; `None` is SQL NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Int(Option<i64>),
+    /// Canonical decimal text, cast to `numeric` by Postgres.
+    Num(Option<String>),
+    Text(Option<String>),
+    Bool(Option<bool>),
+    Time(Option<i64>),
+    Json(Option<Value>),
+}
+
+/// One entity as a row of its table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub account_id: i64,
+    pub id: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// The entity exactly as received.
+    pub raw: Value,
+    /// One per declared column, in order.
+    pub cells: Vec<Cell>,
+    pub field_values: Vec<FieldValue>,
+}
+
+fn sql_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Int | Kind::Time => "bigint[]",
+        Kind::Num | Kind::Text => "text[]",
+        Kind::Bool => "boolean[]",
+        Kind::Json => "jsonb[]",
+    }
+}
+
+fn select_expr(c: &ColumnDecl) -> String {
+    match c.kind {
+        Kind::Time => format!("to_timestamp(u.{})", c.name),
+        Kind::Num => format!("u.{}::numeric", c.name),
+        _ => format!("u.{}", c.name),
+    }
+}
+
+/// The upsert for one table. Older versions never overwrite newer ones, and an identical
+/// version is not rewritten (no new row version; `RETURNING` leaves it out).
+fn upsert_sql(t: &TableDecl) -> String {
+    let names: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+    let mut insert_cols = vec!["account_id", "id", "updated_at", "raw"];
+    insert_cols.extend(&names);
+    let mut select = vec![
+        "u.account_id".to_string(),
+        "u.id".to_string(),
+        "to_timestamp(u.updated_at)".to_string(),
+        "u.raw".to_string(),
+    ];
+    select.extend(t.columns.iter().map(select_expr));
+    insert_cols.push("synced_at");
+    select.push("now()".into());
+    let mut params: Vec<String> = [
+        "$1::bigint[]",
+        "$2::bigint[]",
+        "$3::bigint[]",
+        "$4::jsonb[]",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    params.extend(
+        t.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 5, sql_type(c.kind))),
+    );
+    let mut alias = vec!["account_id", "id", "updated_at", "raw"];
+    alias.extend(&names);
+    let updates: Vec<String> = insert_cols
+        .iter()
+        .skip(2)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} AS t ({cols})\n\
+         SELECT {select}\n\
+         FROM UNNEST({params}) AS u({alias})\n\
+         ON CONFLICT (account_id, id) DO UPDATE SET {updates}\n\
+         WHERE t.updated_at < excluded.updated_at\n\
+            OR (t.updated_at = excluded.updated_at AND t.raw IS DISTINCT FROM excluded.raw)\n\
+         RETURNING t.account_id, t.id",
+        table = t.name,
+        cols = insert_cols.join(", "),
+        select = select.join(", "),
+        params = params.join(", "),
+        alias = alias.join(", "),
+        updates = updates.join(", "),
+    )
+}
+
+/// The statement of each table, built once.
+fn cached_sql(t: &TableDecl) -> String {
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("statement cache lock");
+    cache.entry(t.name).or_insert_with(|| upsert_sql(t)).clone()
+}
+
+/// Keeps one row per (account, id): the newest, or the later one on a tie. A page repeating
+/// an id would otherwise make the upsert touch one row twice and fail.
+fn dedupe(rows: &[Row]) -> Vec<&Row> {
+    let mut best: HashMap<(i64, i64), &Row> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        match best.get(&(r.account_id, r.id)) {
+            Some(prev) if prev.updated_at > r.updated_at => {}
+            _ => {
+                best.insert((r.account_id, r.id), r);
+            }
+        }
+    }
+    let mut out: Vec<&Row> = best.into_values().collect();
+    out.sort_by_key(|r| (r.account_id, r.id));
+    out
+}
+
+macro_rules! bind_cells {
+    ($q:expr, $rows:expr, $i:expr, $variant:ident) => {
+        $q.bind(
+            $rows
+                .iter()
+                .map(|r| match &r.cells[$i] {
+                    Cell::$variant(v) => v.clone(),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+}
+
+/// Upserts `rows` into `table` (and their custom field values) inside `tx`. Returns how
+/// many rows were inserted or changed.
+pub async fn upsert(tx: &mut Tx, table: &TableDecl, rows: &[Row]) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let rows = dedupe(rows);
+    let sql = cached_sql(table);
+    let mut q = sqlx::query_as::<_, (i64, i64)>(&sql)
+        .bind(rows.iter().map(|r| r.account_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
+    for (i, c) in table.columns.iter().enumerate() {
+        q = match c.kind {
+            Kind::Int => bind_cells!(q, rows, i, Int),
+            Kind::Time => bind_cells!(q, rows, i, Time),
+            Kind::Num => bind_cells!(q, rows, i, Num),
+            Kind::Text => bind_cells!(q, rows, i, Text),
+            Kind::Bool => bind_cells!(q, rows, i, Bool),
+            Kind::Json => bind_cells!(q, rows, i, Json),
+        };
+    }
+    let changed: Vec<(i64, i64)> = q
+        .fetch_all(&mut **tx)
+        .await
+        .doing("upserting a page of entities")?;
+    if table.custom_fields && !changed.is_empty() {
+        let by_key: HashMap<(i64, i64), &Row> =
+            rows.iter().map(|r| ((r.account_id, r.id), *r)).collect();
+        let rewritten: Vec<&Row> = changed
+            .iter()
+            .filter_map(|k| by_key.get(k).copied())
+            .collect();
+        custom_fields::replace(tx, table.name, &rewritten).await?;
+    }
+    Ok(changed.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T: TableDecl = TableDecl {
+        name: "things",
+        columns: &[
+            col("name", Kind::Text),
+            col("at", Kind::Time),
+            col("tags", Kind::Json),
+        ],
+        custom_fields: false,
+    };
+
+    #[test]
+    fn the_statement_binds_each_column_once() {
+        let sql = upsert_sql(&T);
+        assert!(sql.contains("$7::jsonb[]"), "{sql}");
+        assert!(!sql.contains("$8::"), "{sql}");
+        assert!(sql.contains("to_timestamp(u.at)"), "{sql}");
+    }
+
+    fn row(id: i64, updated_at: i64, v: &str) -> Row {
+        Row {
+            account_id: 1,
+            id,
+            updated_at,
+            raw: json!({"v": v}),
+            cells: vec![],
+            field_values: vec![],
+        }
+    }
+
+    #[test]
+    fn a_repeated_id_keeps_the_newest_version() {
+        let rows = vec![row(1, 10, "new"), row(1, 9, "old"), row(2, 9, "x")];
+        let d = dedupe(&rows);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].raw["v"], "new");
+    }
+}
