@@ -99,13 +99,23 @@ pub enum Position {
     UpdatedAt { key: Key },
     /// Keyset on `created_at` inside the window; `None`: from the beginning.
     CreatedAt { key: Option<Key> },
-    /// One `updated_at` second holding more than a page, walked by id with page offsets.
-    /// Everything in the window before `second` is stored; when the second is done the
-    /// keyset goes on after it.
-    UpdatedSecond { second: i64, by_id: ById },
-    /// One `created_at` second (inside the window) holding more than a page, by id; then
-    /// the `created_at` keyset goes on after it.
-    CreatedSecond { second: i64, by_id: ById },
+    /// A crowded `updated_at` second (too many entities for the keyset to pass) and the
+    /// seconds between the keyset's position and it, walked by id with page offsets: the
+    /// page that found the crowd does not prove what lies before it unless the API sorted
+    /// it, and the walk by id proves its own order. Everything in the window before `since`
+    /// is stored; when `[since, second]` is done, the keyset goes on after `second`.
+    UpdatedSecond {
+        since: i64,
+        second: i64,
+        by_id: ById,
+    },
+    /// The same for a crowded `created_at` second inside the window (`since: None`: from
+    /// the first `created_at`); then the `created_at` keyset goes on after it.
+    CreatedSecond {
+        since: Option<i64>,
+        second: i64,
+        by_id: ById,
+    },
     /// The whole window by id with page offsets (the fallback when a keyset's parameters
     /// are not honoured).
     ById { by_id: ById },
@@ -200,6 +210,7 @@ pub mod v1 {
                             }),
                         },
                         (Some(c), Some(_)) if c >= 0 => Position::CreatedSecond {
+                            since: Some(c),
                             second: c,
                             by_id: Default::default(),
                         },
@@ -246,6 +257,7 @@ mod tests {
                     from: 1,
                     to: 9,
                     at: Position::UpdatedSecond {
+                        since: 3,
                         second: 5,
                         by_id: ById {
                             tail: Some(77),
@@ -302,6 +314,7 @@ mod tests {
                     })
                 },
                 &Position::CreatedSecond {
+                    since: Some(60),
                     second: 60,
                     by_id: ById::default()
                 },

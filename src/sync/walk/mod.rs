@@ -138,9 +138,13 @@ pub struct Walk {
     /// Every query of this run: none is ever sent twice (Kommo lists "the same data
     /// requested several times in a short period" as a reason to block the IP).
     sent: HashSet<PageRequest>,
-    tickets: HashMap<Ticket, (u64, PageRequest)>,
+    /// Requests in flight: the window, the request, and whether it asks for exactly one
+    /// second to learn whether the bounds include their ends.
+    tickets: HashMap<Ticket, (u64, PageRequest, bool)>,
     next_id: u64,
     stats: WalkStats,
+    /// The length of the last page that was shorter than asked but a round size.
+    cap_seen: Option<u32>,
 }
 
 impl std::fmt::Debug for Walk {
@@ -191,6 +195,7 @@ impl Walk {
             tickets: HashMap::new(),
             next_id: 0,
             stats: WalkStats::default(),
+            cap_seen: None,
         };
         let first_from = cursor.through.map_or(0, |t| t + 1);
         let descending = matches!(walk.plan, Plan::Descending { .. });
@@ -316,10 +321,11 @@ impl Walk {
         }
         let learned = self.learned;
         let w = &mut self.windows[idx];
-        if by_offset(&w.at) && w.frozen.is_none() {
+        if by_offset(&w.at) && w.frozen.is_none() && !plan::exact_probe(&learned, &w.at) {
             w.frozen = Some(learned);
         }
         let w = &self.windows[idx];
+        let probe = w.frozen.is_none() && plan::exact_probe(&learned, &w.at);
         let Some(req) = plan::request(
             &Target {
                 stream: self.stream,
@@ -339,7 +345,7 @@ impl Walk {
         let wid = w.id;
         let ticket = Ticket(self.id());
         self.sent.insert(req.clone());
-        self.tickets.insert(ticket, (wid, req.clone()));
+        self.tickets.insert(ticket, (wid, req.clone(), probe));
         self.windows[idx].busy = Some(ticket);
         self.stats.planned += 1;
         Ok(Some((ticket, req)))
@@ -347,7 +353,7 @@ impl Walk {
 
     /// The server asked for smaller pages (Kommo's 504): the window asks again for less.
     pub fn shrink(&mut self, ticket: Ticket) {
-        if let Some((wid, req)) = self.tickets.remove(&ticket) {
+        if let Some((wid, req, _)) = self.tickets.remove(&ticket) {
             self.limit = self.limit.min((req.limit / 2).max(MIN_PAGE));
             if let Some(w) = self.windows.iter_mut().find(|w| w.id == wid) {
                 w.busy = None;
@@ -358,7 +364,7 @@ impl Walk {
     /// Applies the answer to the request `ticket` and returns what to store.
     pub fn apply(&mut self, ticket: Ticket, page: Page) -> Result<Applied, WalkError> {
         let mut applied = Applied::default();
-        let Some((wid, req)) = self.tickets.remove(&ticket) else {
+        let Some((wid, req, probe)) = self.tickets.remove(&ticket) else {
             return Ok(applied);
         };
         // A window replaced by a fallback while this page was in flight: the page proves
@@ -384,11 +390,25 @@ impl Walk {
         }
         let len = page.records.len();
         if len < req.limit as usize && page::is_full(len, req.limit) && (len as u32) < self.limit {
-            applied.notes.push(format!(
-                "the server sent {len} items for a page of {}: using pages of {len}",
-                req.limit
-            ));
-            self.limit = len as u32;
+            // A short page of a round size may be a server's silent cap, or just the end of
+            // a list: the same size twice in a row is a cap, and the walk's offsets must
+            // count in it.
+            if self.cap_seen == Some(len as u32) {
+                applied.notes.push(format!(
+                    "the server sends at most {len} items for a page of {}: using pages of {len}",
+                    req.limit
+                ));
+                self.limit = len as u32;
+            }
+            self.cap_seen = Some(len as u32);
+        } else if len > 0 {
+            self.cap_seen = None;
+        }
+        if probe && page.records.is_empty() {
+            // The second holds entities, yet asking for exactly it gave nothing: a bound
+            // excludes its end. The walk of the second starts again, one second wider.
+            self.learned.exact_failed = true;
+            return Ok(applied);
         }
         self.learned.learn(&req, &page.records);
         let w = &self.windows[idx];
@@ -532,6 +552,30 @@ impl Walk {
                         self.merge(Position::ById {
                             by_id: ById::default(),
                         });
+                    }
+                    (Fallback::ById, _)
+                        if switch
+                            && matches!(param, Param::OrderUpdatedAt | Param::OrderCreatedAt) =>
+                    {
+                        // Every keyset step so far (this run's, and the runs' that moved
+                        // `through`) rested on that order: none of it is proof. The whole
+                        // stream is walked again by id, once.
+                        applied.notes.push(format!(
+                            "{because}; walking the whole stream again by id, as nothing the \
+                             order proved can be trusted"
+                        ));
+                        self.plan = Plan::ById { because };
+                        for w in &mut self.windows {
+                            w.from = 0;
+                        }
+                        self.merge(Position::ById {
+                            by_id: ById::default(),
+                        });
+                        // Up to what earlier runs claimed, not only what is open now.
+                        let through = self.through;
+                        if let (Some(w), Some(t)) = (self.windows.first_mut(), through) {
+                            w.to = w.to.map(|to| to.max(t));
+                        }
                     }
                     (Fallback::ById, _) => {
                         applied.notes.push(format!("{because}; walking by id"));
@@ -685,7 +729,7 @@ fn by_id_from_proven(w: &mut Live) {
     match &w.at {
         // Everything before the key is stored.
         Position::UpdatedAt { key } => w.from = w.from.max(key.second),
-        Position::UpdatedSecond { second, .. } => w.from = w.from.max(*second),
+        Position::UpdatedSecond { since, .. } => w.from = w.from.max(*since),
         // `created_at` progress says nothing about ids: the whole window again.
         _ => {}
     }

@@ -500,7 +500,8 @@ fn run_once(
         match walk.apply(ticket, page) {
             Ok(applied) => {
                 if tracing() {
-                    eprintln!("  notes {:?}\n  walk {walk:?}", applied.notes);
+                    let kept: Vec<i64> = applied.records.iter().map(|r| r.id).collect();
+                    eprintln!("  kept {kept:?} notes {:?}\n  walk {walk:?}", applied.notes);
                 }
                 mirror.upsert(&applied.records);
                 *stored =
@@ -614,8 +615,10 @@ fn check(s: &Scenario) -> Result<(), String> {
                 let by_id = (2 * (s.crowd + s.bulk) as u64)
                     .div_ceil(u64::from(s.limit.saturating_sub(3).max(1)));
                 let bound = if fallback {
-                    // Fallbacks read more (a walk by id re-reads from what is proven).
-                    4 * pages + 40 + step_backs
+                    // Fallbacks read more: a walk by id re-reads from what is proven, and
+                    // where an ignored filter hides in plain sight (every stray in range),
+                    // two windows each read the whole list.
+                    6 * pages + 40 + step_backs
                 } else {
                     pages + pages / 2 + 12 + by_id + step_backs
                 };
@@ -939,6 +942,107 @@ mod found_more {
         s.edit = 0.07923933394887965;
         s.create = 0.028221317514222685;
         s.crowd_focus = 0.740950543767931;
+        check(&s).unwrap();
+    }
+
+    #[test]
+    fn an_exact_request_for_a_crowded_second_on_exclusive_bounds_restarts_its_walk() {
+        let b = Behaviour {
+            ignored: Ignored::default(),
+            ..filters_off(Ims::Gt, 0.0)
+        };
+        let mut s = case(1712821212074119840, WalkKind::UpdatedAtKeyset, 91, 21, 7, b);
+        s.bulk = 12;
+        s.parallel = 2;
+        s.create = 0.18538731922025398;
+        check(&s).unwrap();
+    }
+
+    #[test]
+    fn an_ignored_order_with_a_shuffled_default_and_an_import() {
+        let b = Behaviour {
+            ignored: Ignored {
+                order_updated: true,
+                ..Ignored::default()
+            },
+            default_order: DefaultOrder::Shuffled,
+            ..filters_off(Ims::Gt, 0.0)
+        };
+        check(&case(
+            1522289743019545853,
+            WalkKind::UpdatedAtKeyset,
+            63,
+            43,
+            7,
+            b,
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn an_ignored_order_with_a_shuffled_default_side_by_side() {
+        let b = Behaviour {
+            from_inclusive: true,
+            ignored: Ignored {
+                order_updated: true,
+                ..Ignored::default()
+            },
+            default_order: DefaultOrder::Shuffled,
+            ..filters_off(Ims::Gt, 0.0)
+        };
+        let mut s = case(1522289750114144486, WalkKind::UpdatedAtKeyset, 64, 49, 7, b);
+        s.parallel = 2;
+        check(&s).unwrap();
+    }
+
+    #[test]
+    fn tasks_with_a_crowd_under_heavy_churn_and_races_stay_within_the_bound() {
+        let b = Behaviour {
+            ignored: Ignored::default(),
+            delay: 1,
+            ..filters_off(Ims::Gt, 0.3)
+        };
+        let mut s = case(
+            7742727108191468104,
+            WalkKind::CreatedAtInWindow,
+            133,
+            60,
+            7,
+            b,
+        );
+        s.bulk = 16;
+        s.parallel = 2;
+        s.edit = 0.453131448146157;
+        s.create = 0.07929383905276348;
+        s.delete = 0.06563003513041467;
+        s.crowd_focus = 0.7053447119019035;
+        check(&s).unwrap();
+    }
+
+    #[test]
+    fn tasks_without_filters_under_heavy_crowd_churn_and_races() {
+        let b = Behaviour {
+            ignored: Ignored {
+                filter_updated: true,
+                filter_created: true,
+                ..Ignored::default()
+            },
+            ..filters_off(Ims::Gt, 0.3)
+        };
+        let mut s = case(
+            16305974453619862159,
+            WalkKind::CreatedAtInWindow,
+            193,
+            82,
+            7,
+            b,
+        );
+        s.bulk = 49;
+        s.parallel = 2;
+        s.edit = 0.5298945903324495;
+        s.create = 0.043918784906707996;
+        s.delete = 0.010408733787580013;
+        s.crowd_focus = 0.5575634500208905;
         check(&s).unwrap();
     }
 

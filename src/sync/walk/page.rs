@@ -202,9 +202,17 @@ pub fn apply(ctx: &Ctx, at: &Position, req: &PageRequest, records: Vec<Record>) 
     match at {
         Position::UpdatedAt { key } => updated_keyset(ctx, key, req, records),
         Position::CreatedAt { key } => created_keyset(ctx, key.as_ref(), req, records),
-        Position::UpdatedSecond { second, by_id } => {
-            let second = *second;
-            let next = |by_id| Position::UpdatedSecond { second, by_id };
+        Position::UpdatedSecond {
+            since,
+            second,
+            by_id,
+        } => {
+            let (since, second) = (*since, *second);
+            let next = |by_id| Position::UpdatedSecond {
+                since,
+                second,
+                by_id,
+            };
             let done = if second < ctx.to {
                 Step::Goes(Position::UpdatedAt {
                     key: Key::at(second + 1),
@@ -217,13 +225,17 @@ pub fn apply(ctx: &Ctx, at: &Position, req: &PageRequest, records: Vec<Record>) 
                 by_id,
                 req,
                 records,
-                |r| r.updated_at == second,
+                |r| r.updated_at >= since && r.updated_at <= second,
                 next,
                 done,
             )
         }
-        Position::CreatedSecond { second, by_id } => {
-            let second = *second;
+        Position::CreatedSecond {
+            since,
+            second,
+            by_id,
+        } => {
+            let (since, second) = (*since, *second);
             let created_strays = req.created.and_then(|b| b.from).map_or(0, |f| {
                 records
                     .iter()
@@ -255,7 +267,11 @@ pub fn apply(ctx: &Ctx, at: &Position, req: &PageRequest, records: Vec<Record>) 
                 }
                 return out;
             }
-            let next = |by_id| Position::CreatedSecond { second, by_id };
+            let next = |by_id| Position::CreatedSecond {
+                since,
+                second,
+                by_id,
+            };
             let done = if second < ctx.to {
                 Step::Goes(Position::CreatedAt {
                     key: Some(Key::at(second + 1)),
@@ -268,7 +284,10 @@ pub fn apply(ctx: &Ctx, at: &Position, req: &PageRequest, records: Vec<Record>) 
                 by_id,
                 req,
                 records,
-                |r| r.created_at == Some(second),
+                |r| {
+                    r.created_at
+                        .is_some_and(|c| since.is_none_or(|s| c >= s) && c <= second)
+                },
                 next,
                 done,
             )
@@ -378,17 +397,12 @@ fn updated_keyset(ctx: &Ctx, key: &Key, req: &PageRequest, records: Vec<Record>)
                 "a full page held only items newer than the window".into(),
                 false,
             ),
-            // All of a full page in one second after the key: the page shows no order, so
-            // nothing proves that the seconds between were empty. The walk by id proves its
-            // order on every page.
-            Some(newest) if newest > k && at_newest.len() == n => unhonoured(
-                Param::OrderUpdatedAt,
-                Fallback::ById,
-                "a full page all in one second shows no order".into(),
-                false,
-            ),
+            // A second the keyset cannot pass (a whole page in it), or a crowd it would
+            // re-read: walk it by id, together with the seconds between the key and it (in
+            // a page all of one second or nearly, the order shows nothing about them).
             Some(newest) if newest == k || crowded(at_newest.len(), req.limit) => {
                 Step::Goes(Position::UpdatedSecond {
+                    since: k,
                     second: newest,
                     by_id: ById::default(),
                 })
@@ -486,16 +500,14 @@ fn created_keyset(
                 true,
             ),
             // All of a full page in one second after the key: no evidence of the order.
-            Some(newest) if from.is_none_or(|f| newest > f) && at_newest.len() == keyed_n => {
-                unhonoured(
-                    Param::OrderCreatedAt,
-                    Fallback::ById,
-                    "a full page all in one created_at second shows no order".into(),
-                    false,
-                )
-            }
-            Some(newest) if Some(newest) == from || crowded(at_newest.len(), req.limit) => {
+            // As for `updated_at`: the crowd and the seconds between the key and it, by id.
+            Some(newest)
+                if Some(newest) == from
+                    || crowded(at_newest.len(), req.limit)
+                    || at_newest.len() == keyed_n =>
+            {
                 Step::Goes(Position::CreatedSecond {
+                    since: from,
                     second: newest,
                     by_id: ById::default(),
                 })
@@ -598,12 +610,14 @@ fn by_id_page(
             next_offset: offset + len,
         }))
     } else {
-        // Nothing past the tail in this page: the item after the tail stands after it. (A
-        // closed list only shrinks; one that lets entities in, where the API ignores the
-        // filter and only `If-Modified-Since` narrows it, may have pushed it further.)
+        // Nothing past the tail in this page: the item after the tail stands after the page
+        // now. That is a fresh lower bound; where the tail was seen last is an upper bound
+        // that goes stale as the list shrinks (or, where entities may enter the list, a
+        // bound that goes stale the other way). Aim from the page's end: the next page
+        // either holds the tail or moves the bound forward.
         Step::Goes(next(ById {
             tail,
-            next_offset: by_id.next_offset.max(offset + len),
+            next_offset: offset + len,
         }))
     };
     Outcome {
@@ -863,24 +877,20 @@ mod tests {
         assert_eq!(out.step, Step::Goes(at(500)));
     }
 
-    /// A full page all in one second after the key shows no order at all: nothing proves the
-    /// seconds before it empty, so the window is walked by id instead.
+    /// A full page all in one second after the key shows no order at all: the walk by id
+    /// covers that second and every second between the key and it, so nothing there rests
+    /// on an order the API may not have kept.
     #[test]
-    fn a_full_page_all_in_one_later_second_proves_no_order() {
+    fn a_full_page_all_in_one_later_second_is_walked_by_id_from_the_key() {
         let page: Vec<Record> = (0..5).map(|i| rec(i, 700)).collect();
         let out = apply(&CTX, &at(100), &keyset(100, 5), page);
-        assert!(
-            matches!(
-                out.step,
-                Step::Unhonoured {
-                    param: Param::OrderUpdatedAt,
-                    fallback: Fallback::ById,
-                    switch: false,
-                    ..
-                }
-            ),
-            "{:?}",
-            out.step
+        assert_eq!(
+            out.step,
+            Step::Goes(Position::UpdatedSecond {
+                since: 100,
+                second: 700,
+                by_id: ById::default()
+            })
         );
     }
 
@@ -901,6 +911,7 @@ mod tests {
 
     fn second(tail: Option<i64>, next_offset: u64) -> Position {
         Position::UpdatedSecond {
+            since: 500,
             second: 500,
             by_id: ById { tail, next_offset },
         }

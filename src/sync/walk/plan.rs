@@ -17,6 +17,36 @@ pub struct Learned {
     pub updated_to: bool,
     pub created_from: bool,
     pub created_to: bool,
+    /// A second known to hold entities, asked for exactly, came back empty: a bound
+    /// excludes its end, and no exact request is tried again.
+    pub exact_failed: bool,
+}
+
+/// Whether a first page of a second asks for exactly that second: the walk knows the second
+/// holds entities, so the answer shows at once whether both bounds include their ends (and
+/// then no later request needs to be wider). Only while that is unknown.
+pub fn exact_probe(learned: &Learned, at: &Position) -> bool {
+    let first = |b: &ById| b.tail.is_none() && b.next_offset == 0;
+    !learned.exact_failed
+        && match at {
+            // Only where the walk covers that one second: a wider walk could not tell
+            // what an exact page proved.
+            Position::UpdatedSecond {
+                since,
+                second,
+                by_id,
+            } => since == second && !(learned.updated_from && learned.updated_to) && first(by_id),
+            Position::CreatedSecond {
+                since,
+                second,
+                by_id,
+            } => {
+                *since == Some(*second)
+                    && !(learned.created_from && learned.created_to)
+                    && first(by_id)
+            }
+            _ => false,
+        }
 }
 
 impl Learned {
@@ -90,9 +120,17 @@ pub struct Target<'a> {
 /// The request that moves `t` forward, never one already in `sent`; `None` when every
 /// request that could would repeat one (then the walk stops rather than ask again).
 pub fn request(t: &Target, learned: &Learned, sent: &HashSet<PageRequest>) -> Option<PageRequest> {
+    // `If-Modified-Since` one second below the first `updated_at` the request needs (not
+    // below the widened bound): `>` and `>=` both keep all of it, and a server that honours
+    // the header leaves out the second below, which may be a crowd just walked.
+    let needed = match t.at {
+        Position::UpdatedAt { key } => Some(key.second),
+        Position::UpdatedSecond { since, .. } => Some(*since),
+        _ => Some(t.from),
+    };
     let base = |updated: Option<Bounds>, created: Option<Bounds>, order| PageRequest {
         stream: t.stream,
-        if_modified_since: updated.and_then(|b: Bounds| ims(b.from)),
+        if_modified_since: updated.and(ims(needed)),
         updated,
         created,
         order,
@@ -111,9 +149,20 @@ pub fn request(t: &Target, learned: &Learned, sent: &HashSet<PageRequest>) -> Op
             key.as_ref().map(|k| learned.created(Some(k.second), None)),
             Order::CreatedAtAsc,
         ),
-        Position::UpdatedSecond { second, by_id } => by_offset(
+        Position::UpdatedSecond {
+            since,
+            second,
+            by_id,
+        } => by_offset(
             base(
-                Some(learned.updated(Some(*second), Some(*second))),
+                Some(if exact_probe(learned, t.at) {
+                    Bounds {
+                        from: Some(*second),
+                        to: Some(*second),
+                    }
+                } else {
+                    learned.updated(Some(*since), Some(*second))
+                }),
                 None,
                 Order::IdAsc,
             ),
@@ -121,10 +170,21 @@ pub fn request(t: &Target, learned: &Learned, sent: &HashSet<PageRequest>) -> Op
             t,
             sent,
         )?,
-        Position::CreatedSecond { second, by_id } => by_offset(
+        Position::CreatedSecond {
+            since,
+            second,
+            by_id,
+        } => by_offset(
             base(
                 Some(window),
-                Some(learned.created(Some(*second), Some(*second))),
+                Some(if exact_probe(learned, t.at) {
+                    Bounds {
+                        from: Some(*second),
+                        to: Some(*second),
+                    }
+                } else {
+                    learned.created(*since, Some(*second))
+                }),
                 Order::IdAsc,
             ),
             by_id,
