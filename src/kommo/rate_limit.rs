@@ -8,11 +8,12 @@
 //! * a request may leave only when the `max_rps`-th release before it is at least
 //!   `1 s + margin` old: any `max_rps + 1` consecutive releases span at least `1 s + margin`,
 //!   however late any of them was;
-//! * and at least half a spacing (`(1 s + margin) / max_rps / 2`) after the one before, so
-//!   that no burst bunches requests up on the way.
+//! * no earlier than a steady rhythm of one spacing (`(1 s + margin) / max_rps`) allows,
+//!   give or take half a spacing (a GCRA with that tolerance), so that no burst bunches
+//!   requests up on the way.
 //!
 //! A request that leaves late (its task woke late on a busy machine) therefore delays only
-//! what the first rule needs; its successors may catch up as far as it allows, and the rate
+//! what the first rule needs; its successors catch up by up to half a spacing, and the rate
 //! stays at `max_rps / (1 s + margin)`.
 //!
 //! Why not governor: its GCRA records each cell at the instant its own `check()` ran, on its
@@ -41,12 +42,14 @@ const SLOW_DOWN_FOR: Duration = Duration::from_secs(60);
 /// How many release instants [`Politeness::recent_departures`] keeps.
 const DEPARTURES_KEPT: usize = 64;
 
-/// The pacing rules for one rate: `per` requests in any `window`, at least `gap` apart.
+/// The pacing rules for one rate: at most `per` releases in any `window`, in a rhythm of
+/// `spacing` with a tolerance of half a spacing.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
     per: usize,
     window: Duration,
-    gap: Duration,
+    spacing: Duration,
+    tolerance: Duration,
 }
 
 impl Pace {
@@ -55,19 +58,39 @@ impl Pace {
         Pace {
             per: per as usize,
             window,
-            gap: window / per / 2,
+            spacing: window / per,
+            tolerance: window / per / 2,
         }
     }
 
-    /// The earliest instant the next request may leave, given the last releases (newest last).
-    fn due(&self, releases: &VecDeque<Instant>) -> Option<Instant> {
-        let last = releases.back()?;
-        let by_gap = *last + self.gap;
+    /// The earliest instant the next request may leave, given the last releases (newest
+    /// last) and the rhythm's theoretical time for the next one.
+    fn due(&self, releases: &VecDeque<Instant>, rhythm: Instant) -> Instant {
+        let by_rhythm = rhythm.checked_sub(self.tolerance).unwrap_or(rhythm);
         let by_window = releases
             .len()
             .checked_sub(self.per)
             .map(|i| releases[i] + self.window);
-        Some(by_window.map_or(by_gap, |w| w.max(by_gap)))
+        by_window.map_or(by_rhythm, |w| w.max(by_rhythm))
+    }
+
+    /// The most compressed `per` releases these rules allow, ending at `now`, each as late
+    /// as it can be: any `k` consecutive releases span at least `k - 1` spacings less the
+    /// tolerance (which can be caught up once).
+    fn worst_burst(&self, now: Instant) -> VecDeque<Instant> {
+        let mut at = Vec::with_capacity(self.per);
+        let mut t = now;
+        at.push(t);
+        for k in 1..self.per {
+            let step = if k == 1 {
+                self.spacing - self.tolerance
+            } else {
+                self.spacing
+            };
+            t = t.checked_sub(step).unwrap_or(t);
+            at.push(t);
+        }
+        at.into_iter().rev().collect()
     }
 }
 
@@ -109,6 +132,8 @@ struct Gates {
     /// The last `max_rps` (or more) release instants, oldest first, that the pacing rules
     /// count from; at start-up, a stand-in for what a predecessor may just have sent.
     releases: VecDeque<Instant>,
+    /// The rhythm's theoretical instant for the next release (GCRA).
+    rhythm: Instant,
     /// The last [`DEPARTURES_KEPT`] release instants, oldest first (diagnostics, tests).
     departures: VecDeque<Instant>,
     paused_until: Option<Instant>,
@@ -152,15 +177,12 @@ impl Politeness {
         let window = Duration::from_secs(1) + spacing_margin;
         let spacing = window / max_rps.max(1);
         let full = Pace::new(max_rps, window);
-        // Start as if a predecessor (crashed and restarted at once) had just sent a burst of
-        // `max_rps` requests as fast as these rules allow, ending now: the first requests of
-        // this process keep the window with them. (Two processes alive at once are another
+        // Start as if a predecessor (crashed and restarted at once) had just sent `max_rps`
+        // requests as fast as these rules allow, ending now: the first requests of this
+        // process keep the window with them. (Two processes alive at once are another
         // matter: see the README.)
         let now = Instant::now();
-        let releases = (0..full.per as u32)
-            .rev()
-            .map(|k| now.checked_sub(full.gap * k).unwrap_or(now))
-            .collect();
+        let releases = full.worst_burst(now);
         Politeness {
             turn: Semaphore::new(1),
             changed: Notify::new(),
@@ -171,6 +193,8 @@ impl Politeness {
             half: Pace::new((max_rps / 2).max(1), window),
             gates: Mutex::new(Gates {
                 releases,
+                // As if the last of those left now.
+                rhythm: now + spacing,
                 departures: VecDeque::with_capacity(DEPARTURES_KEPT),
                 paused_until: None,
                 slow_until: None,
@@ -230,10 +254,11 @@ impl Politeness {
                         } else {
                             self.full
                         };
-                        let due = pace.due(&g.releases).unwrap_or(now);
+                        let due = pace.due(&g.releases, g.rhythm);
                         if now >= due {
                             // The release: `now` was read after this waiter was woken, so a
                             // late wake-up counts from when it really left.
+                            g.rhythm = g.rhythm.max(now) + pace.spacing;
                             g.releases.push_back(now);
                             while g.releases.len() > self.full.per {
                                 g.releases.pop_front();
@@ -726,6 +751,30 @@ mod tests {
         assert_every_eight_span_the_window(&sent);
     }
 
+    /// Whatever the lateness, seven consecutive releases never fall within less than five
+    /// and a half spacings: the bound a restarted process relies on for its predecessor's.
+    #[tokio::test]
+    async fn seven_releases_span_five_spacings_whatever_the_lateness() {
+        let p = politeness();
+        let cancel = CancellationToken::new();
+        let pauses = [
+            0u64, 200, 0, 0, 90, 0, 310, 0, 0, 0, 40, 0, 0, 170, 0, 0, 0, 0, 260, 0,
+        ];
+        for ms in pauses.iter().chain(pauses.iter()) {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            p.acquire(&cancel).await.unwrap();
+        }
+        let sent = p.recent_departures();
+        for w in sent.windows(7) {
+            assert!(
+                w[6] - w[0] >= SPACING * 6 - SPACING / 2,
+                "{:?}",
+                w[6] - w[0]
+            );
+        }
+        assert_every_eight_span_the_window(&sent);
+    }
+
     /// A process that starts right after a predecessor's fastest burst keeps the window
     /// with it: its first request waits until the oldest of those would be a window old.
     #[tokio::test]
@@ -735,10 +784,13 @@ mod tests {
         let p = politeness();
         p.acquire(&cancel).await.unwrap();
         let waited = p.recent_departures()[0] - start;
-        // Seven releases half a spacing apart ending at start: the oldest is 450 ms old.
+        // Seven releases span at least six spacings less the tolerance: the oldest of a
+        // predecessor's is 825 ms old at most.
+        let oldest = SPACING * 6 - SPACING / 2;
         assert!(
-            waited >= Duration::from_secs(1) + MARGIN - SPACING / 2 * 6,
+            waited >= Duration::from_secs(1) + MARGIN - oldest,
             "{waited:?}"
         );
+        assert!(waited < Duration::from_millis(400), "{waited:?}");
     }
 }
