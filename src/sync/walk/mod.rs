@@ -29,7 +29,7 @@ use plan::{Learned, Target};
 const OVERLAP: u32 = 3;
 /// A window is split for another request only when about this many pages are left in it:
 /// each split costs at least one partial page.
-const SPLIT_MIN_PAGES: f64 = 2.0;
+const SPLIT_MIN_PAGES: f64 = 3.0;
 /// Never ask for pages smaller than this after "ask for less".
 const MIN_PAGE: u32 = 10;
 
@@ -108,6 +108,11 @@ struct Live {
     busy: Option<Ticket>,
     overlap: u32,
     remaining: Option<f64>,
+    /// Items the window's keyset walk has kept so far: with `from`, the window's average
+    /// density, which tempers a dense last page's guess at what is left.
+    seen: u64,
+    /// The second the count in `seen` starts from (a resumed window starts mid-way).
+    counted_from: Option<i64>,
     split_at: Option<i64>,
     /// Bounds a walk by offset keeps while it lasts: a bound learned inclusive halfway
     /// would change its list under it.
@@ -218,6 +223,8 @@ impl Walk {
                 busy: None,
                 overlap: OVERLAP,
                 remaining: None,
+                seen: 0,
+                counted_from: None,
                 split_at: None,
                 frozen: None,
             });
@@ -235,6 +242,8 @@ impl Walk {
                 busy: None,
                 overlap: OVERLAP,
                 remaining: None,
+                seen: 0,
+                counted_from: None,
                 split_at: None,
                 frozen: None,
             },
@@ -500,8 +509,25 @@ impl Walk {
                     w.overlap = OVERLAP;
                     w.frozen = None;
                 }
+                if w.counted_from.is_none() {
+                    w.counted_from = Some(match &w.at {
+                        Position::UpdatedAt { key } => key.second.max(w.from),
+                        _ => w.from,
+                    });
+                }
                 w.at = at;
-                w.remaining = remaining;
+                w.seen += applied.records.len() as u64;
+                w.remaining = match (&w.at, remaining, w.to) {
+                    // A bulk change crowds one page; the window's average does not lie
+                    // about the rest of it, and a split on a guess costs a partial page.
+                    (Position::UpdatedAt { key }, Some(r), Some(to)) => {
+                        let from = w.counted_from.unwrap_or(w.from);
+                        let span = (key.second - from + 1).max(1) as f64;
+                        let average = w.seen as f64 / span * (to - key.second).max(0) as f64;
+                        Some(r.min(average))
+                    }
+                    (_, r, _) => r,
+                };
                 w.split_at = split_at;
             }
             Step::StepBack(at) => {
@@ -648,6 +674,8 @@ impl Walk {
             busy: None,
             overlap: OVERLAP,
             remaining: None,
+            seen: 0,
+            counted_from: None,
             split_at: None,
             frozen: None,
         }];
@@ -717,6 +745,8 @@ impl Walk {
             busy: None,
             overlap: OVERLAP,
             remaining: half,
+            seen: 0,
+            counted_from: None,
             split_at: None,
             frozen: None,
         });

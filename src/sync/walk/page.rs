@@ -126,10 +126,14 @@ pub fn is_full(len: usize, limit: u32) -> bool {
     len >= limit as usize || (len > 0 && len % 50 == 0)
 }
 
-/// A second holding at least this share of a full page is walked by id at once: the keyset
-/// would re-read all of it on the next page.
+/// A newest second holding a tenth of a full page or more is walked by id at once (with the
+/// seconds between the key and it): the keyset would re-read all of it on the next page, and
+/// such a second is likely a bulk edit or an import larger than a page (ordinary data shares
+/// a second between two or three entities at most). Small pages keep the old rule, half a
+/// page, so that two or three ordinary neighbours never count as a crowd.
 fn crowded(group: usize, limit: u32) -> bool {
-    group >= (limit as usize / 2).max(2)
+    let limit = limit as usize;
+    group >= (limit / 10).max((limit / 2).min(3)).max(2)
 }
 
 fn sorted_by<T: PartialOrd>(items: impl Iterator<Item = T>, asc: bool) -> bool {
