@@ -5,9 +5,10 @@
 //! Knobs (environment): BENCH_LEADS, BENCH_CONTACTS, BENCH_COMPANIES, BENCH_TASKS,
 //! BENCH_LATENCY_MS, TEST_DATABASE_URL.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kommo_sim::{SimConfig, SimServer};
+use kommo_sim::{Entity, SimConfig, SimServer};
 use kommo_sync::app::App;
 use kommo_sync::config::Settings;
 use sqlx::{Connection, Executor};
@@ -64,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         ("KOMMO_SYNC__DATABASE__URL".into(), format!("{server}/{db}")),
     ]);
     let settings = Settings::load_from(None, env)?;
+    let schema = settings.database.schema.clone();
     let ceiling = f64::from(settings.kommo.max_rps) * 250.0;
     let app = App::build(settings, CancellationToken::new()).await?;
 
@@ -94,10 +96,20 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let counters = sim.sim().counters();
     drop(app);
+    // A fast sync that lost entities is no result: compare every table with the account.
+    let mismatches = match &result {
+        Ok(reports) => mirror_mismatches(&sim, &format!("{server}/{db}"), &schema, reports).await?,
+        Err(_) => Vec::new(),
+    };
     admin
         .execute(format!("DROP DATABASE \"{db}\" WITH (FORCE)").as_str())
         .await?;
     let reports = result?;
+    anyhow::ensure!(
+        mismatches.is_empty(),
+        "the mirror differs from the account: {}",
+        mismatches.join("; ")
+    );
 
     let stored: u64 = reports.iter().map(|r| r.counts.rows_written).sum();
     let requests: u64 = reports.iter().map(|r| r.counts.requests).sum();
@@ -112,7 +124,9 @@ async fn main() -> anyhow::Result<()> {
             r.stream, r.counts.requests, r.counts.rows_written
         );
     }
-    println!("entities stored      {stored}");
+    println!(
+        "entities stored      {stored} (mirror checked: every id and updated_at up to each window)"
+    );
     println!("elapsed              {elapsed:.2} s");
     println!(
         "requests             {requests} (ideal ceil(n/250) per stream: {})",
@@ -133,4 +147,57 @@ fn ideal(reports: &[kommo_sync::sync::RunReport]) -> u64 {
         .iter()
         .map(|r| r.counts.rows_written.div_ceil(250))
         .sum()
+}
+
+/// Per table, what the mirror lacks or holds stale against the simulator's account.
+async fn mirror_mismatches(
+    sim: &SimServer,
+    url: &str,
+    schema: &str,
+    reports: &[kommo_sync::sync::RunReport],
+) -> anyhow::Result<Vec<String>> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut out = Vec::new();
+    for entity in Entity::ALL {
+        // Edits within the lag behind the run's start wait for the next run.
+        let Some(through) = reports
+            .iter()
+            .find(|r| r.stream == entity.as_str())
+            .and_then(|r| r.counts.window_upper)
+        else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT id, extract(epoch FROM updated_at)::bigint FROM \"{schema}\".{}",
+            entity.as_str()
+        );
+        let rows: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(&sql)
+            .fetch_all(&mut conn)
+            .await?
+            .into_iter()
+            .collect();
+        let dump: Vec<_> = sim
+            .sim()
+            .dump(entity)
+            .into_iter()
+            .filter(|item| item["updated_at"].as_i64().is_some_and(|u| u <= through))
+            .collect();
+        let wrong: Vec<(i64, i64)> = dump
+            .iter()
+            .filter_map(|item| {
+                let id = item["id"].as_i64()?;
+                let updated = item["updated_at"].as_i64()?;
+                (rows.get(&id) != Some(&updated)).then_some((id, updated))
+            })
+            .collect();
+        if !wrong.is_empty() {
+            out.push(format!(
+                "{entity}: {} of {} entities up to {through} missing or stale (first id, updated_at: {:?})",
+                wrong.len(),
+                dump.len(),
+                &wrong[..wrong.len().min(5)]
+            ));
+        }
+    }
+    Ok(out)
 }
