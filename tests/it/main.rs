@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod behaviours;
+mod bookkeeping;
 mod cli;
 mod crash;
 mod exactness;
