@@ -154,6 +154,20 @@ pub struct ById {
     pub tail: Option<i64>,
     #[serde(default)]
     pub next_offset: u64,
+    /// Which range ends the walk asks for exactly (known inclusive), fixed when the walk by
+    /// offset starts: its offsets count in that one list, and a walk resumed by a later run
+    /// must ask for the same list, not one that learned a bound meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactEnds>,
+}
+
+/// Range ends known to be inclusive, asked for exactly rather than one second wider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExactEnds {
+    pub updated_from: bool,
+    pub updated_to: bool,
+    pub created_from: bool,
+    pub created_to: bool,
 }
 
 /// The first stored form, kept to load cursors written by earlier versions.
@@ -262,6 +276,10 @@ mod tests {
                         by_id: ById {
                             tail: Some(77),
                             next_offset: 250,
+                            exact: Some(ExactEnds {
+                                updated_from: true,
+                                ..ExactEnds::default()
+                            }),
                         },
                     },
                 },

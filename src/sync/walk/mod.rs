@@ -212,6 +212,10 @@ impl Walk {
                 continue;
             }
             let id = walk.id();
+            // A walk by offset goes on asking for the list its offsets count in.
+            let frozen = by_id(&w.at)
+                .and_then(|b| b.exact)
+                .map(Learned::from_exact_ends);
             walk.windows.push(Live {
                 id,
                 from: w.from,
@@ -226,7 +230,7 @@ impl Walk {
                 seen: 0,
                 counted_from: None,
                 split_at: None,
-                frozen: None,
+                frozen,
             });
         }
         let id = walk.id();
@@ -332,6 +336,9 @@ impl Walk {
         let w = &mut self.windows[idx];
         if by_offset(&w.at) && w.frozen.is_none() && !plan::exact_probe(&learned, &w.at) {
             w.frozen = Some(learned);
+            if let Some(b) = by_id_mut(&mut w.at) {
+                b.exact = Some(learned.exact_ends());
+            }
         }
         let w = &self.windows[idx];
         let probe = w.frozen.is_none() && plan::exact_probe(&learned, &w.at);
@@ -419,9 +426,11 @@ impl Walk {
             self.learned.exact_failed = true;
             return Ok(applied);
         }
-        self.learned.learn(&req, &page.records);
+        let race_bound = self.windows[idx].race_bound;
+        self.learned.learn(&req, &page.records, race_bound);
         let w = &self.windows[idx];
         let ctx = Ctx {
+            order_shown: self.learned.order_shown(req.order, req.limit),
             from: w.from,
             to: w.to.expect("fixed above"),
             race_bound: w.race_bound,
@@ -751,6 +760,25 @@ impl Walk {
             frozen: None,
         });
         self.stats.splits += 1;
+    }
+}
+
+/// The walk by offset a position is in, if any.
+fn by_id(at: &Position) -> Option<&ById> {
+    match at {
+        Position::ById { by_id }
+        | Position::UpdatedSecond { by_id, .. }
+        | Position::CreatedSecond { by_id, .. } => Some(by_id),
+        _ => None,
+    }
+}
+
+fn by_id_mut(at: &mut Position) -> Option<&mut ById> {
+    match at {
+        Position::ById { by_id }
+        | Position::UpdatedSecond { by_id, .. }
+        | Position::CreatedSecond { by_id, .. } => Some(by_id),
+        _ => None,
     }
 }
 

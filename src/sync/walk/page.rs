@@ -54,6 +54,10 @@ pub struct Ctx {
     pub race_bound: i64,
     /// Whether the stream can be walked from the newest down (ordered by `updated_at`).
     pub can_descend: bool,
+    /// Whether the walk has seen enough sorted pages (this one included) that a sorted page
+    /// is no luck: until then a full page proves nothing about what lies between its
+    /// items, and the window's seconds it spans are walked by id.
+    pub order_shown: bool,
     /// Whether this is the walk's only window.
     pub alone: bool,
 }
@@ -373,10 +377,20 @@ fn updated_keyset(ctx: &Ctx, key: &Key, req: &PageRequest, records: Vec<Record>)
             ),
             true,
         )
-    } else if beyond_calm || !full {
-        // Sorted, and an item newer than the window that cannot have raced: everything in
-        // the window came before it. Or the list ended.
+    } else if !full {
+        // The list ended.
         Step::Done
+    } else if beyond_calm && ctx.order_shown {
+        // Sorted, and an item newer than the window that cannot have raced: everything in
+        // the window came before it.
+        Step::Done
+    } else if beyond_calm {
+        // Sorted maybe by luck: the rest of the window by id.
+        Step::Goes(Position::UpdatedSecond {
+            since: k,
+            second: ctx.to,
+            by_id: ById::default(),
+        })
     } else if newest.is_none() && only_widened {
         // A full page of the second below the key, asked for only in case the API's lower
         // bound excludes its end: the page shows that it includes it, and the next request
@@ -402,11 +416,14 @@ fn updated_keyset(ctx: &Ctx, key: &Key, req: &PageRequest, records: Vec<Record>)
                 false,
             ),
             // A second the keyset cannot pass (a whole page in it), or a crowd it would
-            // re-read: walk it by id, together with the seconds between the key and it (in
-            // a page all of one second or nearly, the order shows nothing about them).
-            Some(newest) if newest == k || crowded(at_newest.len(), req.limit) => {
+            // re-read: walk it by id. Once the order is shown, the page holds every item
+            // of the seconds between the key and it; until then (it may be sorted by
+            // luck) they are walked by id too, and so is any step of the keyset.
+            Some(newest)
+                if newest == k || crowded(at_newest.len(), req.limit) || !ctx.order_shown =>
+            {
                 Step::Goes(Position::UpdatedSecond {
-                    since: k,
+                    since: if ctx.order_shown { newest } else { k },
                     second: newest,
                     by_id: ById::default(),
                 })
@@ -504,14 +521,16 @@ fn created_keyset(
                 true,
             ),
             // All of a full page in one second after the key: no evidence of the order.
-            // As for `updated_at`: the crowd and the seconds between the key and it, by id.
+            // As for `updated_at`: the crowd by id, with the seconds between the key and it
+            // until the order is shown.
             Some(newest)
                 if Some(newest) == from
                     || crowded(at_newest.len(), req.limit)
-                    || at_newest.len() == keyed_n =>
+                    || at_newest.len() == keyed_n
+                    || !ctx.order_shown =>
             {
                 Step::Goes(Position::CreatedSecond {
-                    since: from,
+                    since: if ctx.order_shown { Some(newest) } else { from },
                     second: newest,
                     by_id: ById::default(),
                 })
@@ -605,6 +624,7 @@ fn by_id_page(
         Step::StepBack(next(ById {
             tail,
             next_offset: by_id.next_offset.min(offset),
+            exact: by_id.exact,
         }))
     } else if !full {
         done
@@ -612,6 +632,7 @@ fn by_id_page(
         Step::Goes(next(ById {
             tail: last,
             next_offset: offset + len,
+            exact: by_id.exact,
         }))
     } else {
         // Nothing past the tail in this page: the item after the tail stands after the page
@@ -622,6 +643,7 @@ fn by_id_page(
         Step::Goes(next(ById {
             tail,
             next_offset: offset + len,
+            exact: by_id.exact,
         }))
     };
     Outcome {
@@ -758,6 +780,7 @@ mod tests {
         to: 1000,
         race_bound: 1300,
         can_descend: true,
+        order_shown: true,
         alone: true,
     };
 
@@ -881,13 +904,18 @@ mod tests {
         assert_eq!(out.step, Step::Goes(at(500)));
     }
 
-    /// A full page all in one second after the key shows no order at all: the walk by id
-    /// covers that second and every second between the key and it, so nothing there rests
-    /// on an order the API may not have kept.
+    /// A full page all in one second after the key shows no order at all: until earlier
+    /// pages have shown it, the walk by id covers that second and every second between the
+    /// key and it, so nothing there rests on an order the API may not have kept. Once the
+    /// order is shown, the page proves those seconds empty and only the crowd is walked.
     #[test]
     fn a_full_page_all_in_one_later_second_is_walked_by_id_from_the_key() {
         let page: Vec<Record> = (0..5).map(|i| rec(i, 700)).collect();
-        let out = apply(&CTX, &at(100), &keyset(100, 5), page);
+        let unshown = Ctx {
+            order_shown: false,
+            ..CTX
+        };
+        let out = apply(&unshown, &at(100), &keyset(100, 5), page.clone());
         assert_eq!(
             out.step,
             Step::Goes(Position::UpdatedSecond {
@@ -896,6 +924,46 @@ mod tests {
                 by_id: ById::default()
             })
         );
+        let out = apply(&CTX, &at(100), &keyset(100, 5), page);
+        assert_eq!(
+            out.step,
+            Step::Goes(Position::UpdatedSecond {
+                since: 700,
+                second: 700,
+                by_id: ById::default()
+            })
+        );
+    }
+
+    /// A page sorted by luck (the order not shown yet) proves nothing about the seconds it
+    /// spans: they are walked by id, not stepped over.
+    #[test]
+    fn a_sorted_page_before_the_order_is_shown_is_walked_by_id() {
+        let page: Vec<Record> = [(1, 300), (2, 300), (3, 300), (4, 300), (5, 400)]
+            .into_iter()
+            .map(|(id, u)| rec(id, u))
+            .collect();
+        let unshown = Ctx {
+            order_shown: false,
+            ..CTX
+        };
+        let out = apply(&unshown, &at(100), &keyset(100, 5), page);
+        assert_eq!(
+            out.step,
+            Step::Goes(Position::UpdatedSecond {
+                since: 100,
+                second: 400,
+                by_id: ById::default()
+            })
+        );
+    }
+
+    #[test]
+    fn order_steps_count_the_changes_of_key() {
+        use super::super::plan::order_steps;
+        assert_eq!(order_steps(&[5, 5, 5, 5, 5, 5, 9]), 1);
+        assert_eq!(order_steps(&[1, 2, 3, 3, 4]), 3);
+        assert_eq!(order_steps(&[]), 0);
     }
 
     fn by_id(page: u32, limit: u32) -> PageRequest {
@@ -917,7 +985,11 @@ mod tests {
         Position::UpdatedSecond {
             since: 500,
             second: 500,
-            by_id: ById { tail, next_offset },
+            by_id: ById {
+                tail,
+                next_offset,
+                exact: None,
+            },
         }
     }
 

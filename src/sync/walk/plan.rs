@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::source::{Bounds, Order, PageRequest};
-use crate::sync::cursor::{ById, Position};
+use crate::sync::cursor::{ById, ExactEnds, Position};
 
 /// What the walk has learned about how the API reads range bounds, per filter. Until a
 /// bound is shown to include its end, the walk asks one second wider on that side and keeps
@@ -20,6 +20,25 @@ pub struct Learned {
     /// A second known to hold entities, asked for exactly, came back empty: a bound
     /// excludes its end, and no exact request is tried again.
     pub exact_failed: bool,
+    /// Evidence that the API honours `order[updated_at]` / `order[created_at]`: the steps
+    /// between distinct keys in the sorted pages seen so far (see [`order_steps`] and [`order_shown_steps`]).
+    pub updated_order_steps: u32,
+    pub created_order_steps: u32,
+}
+
+/// Sorted pages showing this many steps between distinct keys prove the order: a list in
+/// another order (shuffled, or by id over imports and bulk edits, whose blocks can line up
+/// by chance) does not come sorted over so many distinct seconds. Pages smaller than that
+/// (the model checker's) need one page of distinct keys.
+pub fn order_shown_steps(limit: u32) -> u32 {
+    12.min(limit.saturating_sub(1)).max(1)
+}
+
+/// How much one sorted page shows of its order: the number of times its key changes. A
+/// page of 250 items over dozens of seconds shows it at once; a page of a crowd and a bulk
+/// edit (two blocks that a list by id may return in either order) shows almost nothing.
+pub fn order_steps(keys: &[i64]) -> u32 {
+    keys.windows(2).filter(|w| w[0] != w[1]).count() as u32
 }
 
 /// Whether a first page of a second asks for exactly that second: the walk knows the second
@@ -65,7 +84,68 @@ impl Learned {
     }
 
     /// Takes what a page shows about the bounds it was asked with.
-    pub fn learn(&mut self, req: &PageRequest, records: &[crate::source::Record]) {
+    /// The range ends known inclusive, as a walk by offset keeps them.
+    pub fn exact_ends(&self) -> ExactEnds {
+        ExactEnds {
+            updated_from: self.updated_from,
+            updated_to: self.updated_to,
+            created_from: self.created_from,
+            created_to: self.created_to,
+        }
+    }
+
+    /// What a walk by offset resumed from its stored form asks with.
+    pub fn from_exact_ends(e: ExactEnds) -> Learned {
+        Learned {
+            updated_from: e.updated_from,
+            updated_to: e.updated_to,
+            created_from: e.created_from,
+            created_to: e.created_to,
+            // A walk by offset never probes: it asks for the list its offsets count in.
+            exact_failed: true,
+            ..Learned::default()
+        }
+    }
+
+    /// Whether a sorted page in `order` is evidence enough that the list is in that order.
+    pub fn order_shown(&self, order: Order, limit: u32) -> bool {
+        let enough = order_shown_steps(limit);
+        match order {
+            Order::UpdatedAtAsc | Order::UpdatedAtDesc => self.updated_order_steps >= enough,
+            Order::CreatedAtAsc => self.created_order_steps >= enough,
+            Order::IdAsc => true,
+        }
+    }
+
+    /// Learns from one answer to `req`: bounds shown inclusive, and the evidence of its
+    /// order (items at or above `race_bound` may have raced and sort where their old
+    /// version did, so they show nothing).
+    pub fn learn(&mut self, req: &PageRequest, records: &[crate::source::Record], race_bound: i64) {
+        let keys: Vec<i64> = match req.order {
+            Order::UpdatedAtAsc | Order::UpdatedAtDesc => records
+                .iter()
+                .filter(|r| r.updated_at < race_bound)
+                .map(|r| r.updated_at)
+                .collect(),
+            Order::CreatedAtAsc => records.iter().filter_map(|r| r.created_at).collect(),
+            Order::IdAsc => Vec::new(),
+        };
+        let asc = req.order != Order::UpdatedAtDesc;
+        let sorted = keys
+            .windows(2)
+            .all(|w| if asc { w[0] <= w[1] } else { w[0] >= w[1] });
+        if sorted {
+            let steps = order_steps(&keys);
+            match req.order {
+                Order::UpdatedAtAsc | Order::UpdatedAtDesc => {
+                    self.updated_order_steps = self.updated_order_steps.saturating_add(steps)
+                }
+                Order::CreatedAtAsc => {
+                    self.created_order_steps = self.created_order_steps.saturating_add(steps)
+                }
+                Order::IdAsc => {}
+            }
+        }
         if let Some(b) = req.updated {
             if let Some(f) = b.from {
                 let on = records.iter().any(|r| r.updated_at == f);
