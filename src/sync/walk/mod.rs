@@ -119,6 +119,26 @@ struct Live {
     frozen: Option<Learned>,
 }
 
+impl Live {
+    /// A window nobody has asked for yet.
+    fn new(id: u64, from: i64, to: Option<i64>, at: Position, race_bound: i64) -> Live {
+        Live {
+            id,
+            from,
+            to,
+            at,
+            race_bound,
+            busy: None,
+            overlap: OVERLAP,
+            remaining: None,
+            seen: 0,
+            counted_from: None,
+            split_at: None,
+            frozen: None,
+        }
+    }
+}
+
 /// Whether a position walks one list by page offsets.
 fn by_offset(at: &Position) -> bool {
     matches!(
@@ -216,42 +236,18 @@ impl Walk {
             let frozen = by_id(&w.at)
                 .and_then(|b| b.exact)
                 .map(Learned::from_exact_ends);
+            // Resumed from an earlier run: every edit made since shows a time newer than
+            // that run's first answer.
+            let race_bound = cursor.probed_at.unwrap_or(w.to + 1).max(w.to + 1);
             walk.windows.push(Live {
-                id,
-                from: w.from,
-                to: Some(w.to),
-                // Resumed from an earlier run: every edit made since shows a time newer
-                // than that run's first answer.
-                race_bound: cursor.probed_at.unwrap_or(w.to + 1).max(w.to + 1),
-                at: w.at,
-                busy: None,
-                overlap: OVERLAP,
-                remaining: None,
-                seen: 0,
-                counted_from: None,
-                split_at: None,
                 frozen,
+                ..Live::new(id, w.from, Some(w.to), w.at, race_bound)
             });
         }
         let id = walk.id();
         let at = start(&walk.plan, kind, probe_from);
-        walk.windows.insert(
-            0,
-            Live {
-                id,
-                from: probe_from,
-                to: None,
-                race_bound: i64::MIN,
-                at,
-                busy: None,
-                overlap: OVERLAP,
-                remaining: None,
-                seen: 0,
-                counted_from: None,
-                split_at: None,
-                frozen: None,
-            },
-        );
+        walk.windows
+            .insert(0, Live::new(id, probe_from, None, at, i64::MIN));
         walk
     }
 
@@ -674,20 +670,8 @@ impl Walk {
             .max()
             .unwrap_or(i64::MIN);
         let id = self.id();
-        self.windows = vec![Live {
-            id,
-            from,
-            to,
-            race_bound: if unresolved { i64::MIN } else { race_bound },
-            at,
-            busy: None,
-            overlap: OVERLAP,
-            remaining: None,
-            seen: 0,
-            counted_from: None,
-            split_at: None,
-            frozen: None,
-        }];
+        let race_bound = if unresolved { i64::MIN } else { race_bound };
+        self.windows = vec![Live::new(id, from, to, at, race_bound)];
     }
 
     /// Splits the window at `idx` if enough is left in it; the new part is idle.
@@ -746,18 +730,8 @@ impl Walk {
         w.remaining = half;
         w.split_at = None;
         self.windows.push(Live {
-            id,
-            from: upper_from,
-            to: Some(to),
-            at: upper_at,
-            race_bound,
-            busy: None,
-            overlap: OVERLAP,
             remaining: half,
-            seen: 0,
-            counted_from: None,
-            split_at: None,
-            frozen: None,
+            ..Live::new(id, upper_from, Some(to), upper_at, race_bound)
         });
         self.stats.splits += 1;
     }
