@@ -204,7 +204,10 @@ impl App {
                 let (_, handle) = crate::server::start(addr, self.health(), self.cancel.clone())
                     .await
                     .with_context(|| {
-                        format!("starting the side server on {addr} (server.listen)")
+                        format!(
+                            "cannot serve on {addr} (server.listen): choose a free address, \
+                             or leave server.listen empty to turn the side server off"
+                        )
                     })?;
                 Some(handle)
             }

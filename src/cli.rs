@@ -134,6 +134,10 @@ pub async fn main() -> ExitCode {
         }
     };
     crate::telemetry::init(settings.log.format, &settings.log.level);
+    if let Err(e) = runnable(&cli.command, &settings) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match execute(cli.command, settings).await {
         Ok(code) => code,
         Err(e) => {
@@ -141,6 +145,22 @@ pub async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Settings that are valid in general but leave a command nothing to do: said before any
+/// connection is made, as a settings error (exit 2), so that systemd shows why `run` failed.
+fn runnable(command: &Command, settings: &Settings) -> Result<(), String> {
+    let no_streams = "no stream is enabled: set streams.<name>.enabled = true for at least one \
+                      stream (KOMMO_SYNC__STREAMS__LEADS__ENABLED=true)";
+    match command {
+        Command::Run if settings.enabled_streams().is_empty() => Err(no_streams.into()),
+        Command::Sync { streams, .. }
+            if streams.is_empty() && settings.enabled_streams().is_empty() =>
+        {
+            Err(format!("{no_streams}, or name them with --stream"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -223,8 +243,22 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Run => {
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
-            let daemon = tokio::spawn(app.run_until_stopped());
-            shutdown_signal().await;
+            let mut daemon = tokio::spawn(app.run_until_stopped());
+            tokio::select! {
+                // The daemon ended by itself: a fatal error (the side server's port taken,
+                // the schedule could not start). Exit now with the reason, non-zero, so that
+                // systemd restarts it or shows it failed, instead of idling until SIGTERM.
+                ended = &mut daemon => {
+                    return match ended {
+                        Ok(Ok(())) => Err(anyhow::anyhow!(
+                            "the schedule stopped without a shutdown request"
+                        )),
+                        Ok(Err(e)) => Err(e),
+                        Err(join) => Err(join.into()),
+                    };
+                }
+                _ = shutdown_signal() => {}
+            }
             cancel.cancel();
             match tokio::time::timeout(SHUTDOWN_GRACE, daemon).await {
                 Ok(Ok(result)) => result?,

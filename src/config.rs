@@ -38,6 +38,19 @@ pub enum ConfigError {
     },
 }
 
+/// A level, or a filter of `target=level` directives with at most one bare level. (A bare
+/// word is a valid filter for `tracing` — a target name — so "loud" would silently log
+/// nothing but errors of a target that does not exist.)
+fn is_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !filter.trim().is_empty()
+        && filter.split(',').all(|d| match d.split_once('=') {
+            None => level(d),
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+        })
+}
+
 fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -368,6 +381,13 @@ impl Settings {
                 )
             })?)
         };
+        if !is_log_filter(&raw.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log level or filter", raw.log.level),
+                "use error, warn, info, debug or trace (or a filter like \"info,kommo_sync=debug\")",
+            ));
+        }
         Ok(Settings {
             kommo,
             database,

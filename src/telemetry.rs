@@ -9,9 +9,16 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` overrides `level`. Logs go to stderr, so that
 /// stdout stays clean for command output (`status --json`).
 pub fn init(format: LogFormat, level: &str) {
+    // `level` is validated with the settings; Postgres' notices ("schema already exists,
+    // skipping") are noise at every start.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            "sqlx::postgres::notice=warn"
+                .parse()
+                .expect("a valid directive"),
+        );
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

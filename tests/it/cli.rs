@@ -300,3 +300,90 @@ async fn run_notifies_systemd_ready_watchdog_and_stopping() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Settings that leave `run` or `sync` nothing to do are refused at once, before any
+/// connection, with the key to set; and a log level that is no level is not silently `info`.
+#[test]
+fn nothing_to_run_and_a_bad_log_level_exit_2_at_once() {
+    let account = [
+        ("KOMMO_SYNC__KOMMO__SUBDOMAIN", "acme"),
+        ("KOMMO_SYNC__KOMMO__TOKEN", "t"),
+        // Unreachable: nothing may try it.
+        (
+            "KOMMO_SYNC__DATABASE__URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        ),
+    ];
+    let off = [
+        ("KOMMO_SYNC__STREAMS__LEADS__ENABLED", "false"),
+        ("KOMMO_SYNC__STREAMS__CONTACTS__ENABLED", "false"),
+        ("KOMMO_SYNC__STREAMS__COMPANIES__ENABLED", "false"),
+        ("KOMMO_SYNC__STREAMS__TASKS__ENABLED", "false"),
+    ];
+    for command in ["run", "sync"] {
+        let started = Instant::now();
+        let out = binary()
+            .arg(command)
+            .envs(account)
+            .envs(off)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no stream is enabled") && err.contains("enabled = true"),
+            "{command}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{command}");
+    }
+    let out = binary()
+        .arg("status")
+        .envs(account)
+        .env("KOMMO_SYNC__LOG__LEVEL", "loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.level"));
+}
+
+/// A side server that cannot listen is fatal: `run` exits at once, non-zero, naming the
+/// address and the setting, instead of idling until SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_at_once_when_the_side_servers_port_is_taken() {
+    let t = spawn(small_account(), &[]).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking({
+        let mut c = with_env(binary(), &t.env);
+        c.arg("run")
+            .env("KOMMO_SYNC__SERVER__LISTEN", &addr)
+            .env("KOMMO_SYNC__LOG__FORMAT", "text");
+        move || {
+            let mut child = c
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("run did not exit with its side server's port taken");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr) && err.contains("server.listen"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(taken);
+}
