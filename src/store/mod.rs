@@ -20,12 +20,18 @@ pub type Tx = Transaction<'static, Postgres>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "cannot reach PostgreSQL at {target}: {source}. Fix: start the server or correct \
-         database.url (KOMMO_SYNC__DATABASE__URL)"
-    )]
+    #[error("{}", connect_message(.target, .source))]
     Connect {
         target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "creating database `{name}` failed: {source}. Fix: give the role of database.url the \
+         CREATEDB right, or create the database yourself (createdb {name})"
+    )]
+    CreateDatabase {
+        name: String,
         #[source]
         source: sqlx::Error,
     },
@@ -56,10 +62,56 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
     }
 }
 
-fn is_missing_database(e: &sqlx::Error) -> bool {
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c == "3D000")
+        .map(|c| c.into_owned())
+}
+
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some("3D000")
+}
+
+/// Whether a `CREATE … ` lost a race with another process creating the same thing: Postgres
+/// says "already exists", or, when both pass the existence check at once, breaks the
+/// catalog's unique index (`pg_database_datname_index`, `pg_namespace_nspname_index`).
+fn lost_a_creation_race(e: &sqlx::Error) -> bool {
+    matches!(sqlstate(e).as_deref(), Some("42P04" | "42P06" | "23505"))
+}
+
+/// What went wrong connecting, and the fix: a server that is not there is not a wrong
+/// password.
+fn connect_message(target: &str, source: &sqlx::Error) -> String {
+    match sqlstate(source).as_deref() {
+        Some("28P01" | "28000") => format!(
+            "PostgreSQL at {target} refused the login: {source}. Fix: correct the user or \
+             password in database.url (or database.password_file)"
+        ),
+        Some("3D000") => format!(
+            "database at {target} does not exist: {source}. Fix: create it, or give the role \
+             the CREATEDB right"
+        ),
+        Some("53300") => format!(
+            "PostgreSQL at {target} has no free connection: {source}. Fix: lower \
+             database.max_connections or raise the server's max_connections"
+        ),
+        Some(_) => format!("PostgreSQL at {target} refused the connection: {source}"),
+        None => format!(
+            "cannot reach PostgreSQL at {target}: {source}. Fix: start the server or correct \
+             database.url (KOMMO_SYNC__DATABASE__URL)"
+        ),
+    }
+}
+
+/// Every process creating the same database takes this lock first, in the `postgres`
+/// database (advisory locks live in the database they are taken in).
+fn creation_lock(what: &str) -> i64 {
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("kommo-sync:create:{what}").bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// A first start on a fresh server: create the configured database (it needs the CREATEDB
@@ -73,20 +125,28 @@ async fn create_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error>
         .replace('"', "\"\"");
     let admin = settings.connect.clone().database("postgres");
     let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+    // Processes starting at once on a fresh server take turns; the lock ends with the
+    // connection.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(creation_lock(&name))
+        .execute(&mut conn)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name.replace("\"\"", "\""))
+            .fetch_one(&mut conn)
+            .await?;
+    if exists {
+        return Ok(());
+    }
     tracing::info!(database = %name, "database does not exist; creating it");
     match conn
         .execute(format!("CREATE DATABASE \"{name}\"").as_str())
         .await
     {
         Ok(_) => Ok(()),
-        // Another process created it first.
-        Err(e)
-            if e.as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "42P04") =>
-        {
-            Ok(())
-        }
+        // Another process (not one of ours, or without the lock) created it first.
+        Err(e) if lost_a_creation_race(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -123,8 +183,12 @@ impl Store {
             Err(e) if is_missing_database(&e) => {
                 create_database(settings)
                     .await
-                    .map_err(|source| StoreError::Connect {
-                        target: target.clone(),
+                    .map_err(|source| StoreError::CreateDatabase {
+                        name: settings
+                            .connect
+                            .get_database()
+                            .unwrap_or("kommo")
+                            .to_string(),
                         source,
                     })?;
                 connect()
@@ -141,12 +205,25 @@ impl Store {
 
     /// Creates the schema if needed and applies pending migrations (append-only files in
     /// `migrations/`, embedded at build time).
+    ///
+    /// Safe when several processes start at once: a schema another process created meanwhile
+    /// counts as created, and the migrator takes turns under its own advisory lock (taken
+    /// before it creates its bookkeeping table).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // The schema name was validated as a plain identifier, so quoting it is enough.
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema))
+        match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema))
             .execute(&self.pool)
             .await
-            .doing("creating the schema")?;
+        {
+            Ok(_) => {}
+            Err(e) if lost_a_creation_race(&e) => {}
+            Err(source) => {
+                return Err(StoreError::Query {
+                    doing: "creating the schema",
+                    source,
+                })
+            }
+        }
         MIGRATOR
             .run(&self.pool)
             .await

@@ -171,3 +171,48 @@ async fn a_cursor_stored_by_the_previous_version_still_loads() {
     assert_eq!(version, "2", "stored again in today's form");
     t.assert_mirrors_simulator().await;
 }
+
+/// Processes starting at once on a fresh server (no database yet) or a fresh schema all
+/// start: they take turns creating the database, the schema and the tables, and none fails
+/// on a race it lost (`pg_database_datname_index`, `pg_namespace_nspname_index`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_at_once_on_a_fresh_server_all_start() {
+    use kommo_sync::store::Store;
+    for round in 0..3 {
+        let name = format!("kommo_sync_test_race_{}", rand::random::<u64>());
+        let _cleanup = TestDb {
+            name: name.clone(),
+            url: String::new(),
+        };
+        for schema in ["kommo", "second"] {
+            let env = vec![
+                (
+                    "KOMMO_SYNC__KOMMO__SUBDOMAIN".to_string(),
+                    "acme".to_string(),
+                ),
+                ("KOMMO_SYNC__KOMMO__TOKEN".into(), "t".into()),
+                (
+                    "KOMMO_SYNC__DATABASE__URL".into(),
+                    format!("{}/{name}", server_url()),
+                ),
+                ("KOMMO_SYNC__DATABASE__SCHEMA".into(), schema.into()),
+                ("KOMMO_SYNC__DATABASE__MAX_CONNECTIONS".into(), "2".into()),
+            ];
+            let settings = Settings::load_from(None, env).unwrap();
+            let starts = (0..8).map(|_| {
+                let db = settings.database.clone();
+                tokio::spawn(async move {
+                    let store = Store::connect(&db).await?;
+                    store.migrate().await?;
+                    Ok::<_, kommo_sync::store::StoreError>(store.schema().to_string())
+                })
+            });
+            for started in futures::future::join_all(starts).await {
+                let schema_seen = started
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}, schema {schema}: {e}"));
+                assert_eq!(schema_seen, schema);
+            }
+        }
+    }
+}
