@@ -95,6 +95,7 @@ impl App {
             settings.kommo.account_key(),
             EngineSettings {
                 lag_secs: settings.sync.lag_secs,
+                max_clock_skew_secs: settings.sync.max_clock_skew_secs,
                 parallelism: settings.sync.parallelism,
                 page_size: settings.kommo.page_size,
             },

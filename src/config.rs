@@ -261,6 +261,7 @@ impl std::fmt::Debug for DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct SyncSettings {
     pub lag_secs: i64,
+    pub max_clock_skew_secs: i64,
     pub parallelism: usize,
     pub run_at_startup: bool,
 }
@@ -333,6 +334,13 @@ impl Settings {
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         let kommo = validate_kommo(raw.kommo, raw.oauth)?;
         let database = validate_database(raw.database)?;
+        if raw.sync.max_clock_skew_secs < 1 {
+            return Err(invalid(
+                "sync.max_clock_skew_secs",
+                format!("{} is below 1", raw.sync.max_clock_skew_secs),
+                "use 600 (ten minutes), or more if the server's clock is known to be off",
+            ));
+        }
         if raw.sync.lag_secs < 1 {
             return Err(invalid(
                 "sync.lag_secs",

@@ -39,8 +39,10 @@ pub async fn gateway(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Ok(v) = HeaderValue::from_str(&sim.clock.http_date()) {
-        resp.headers_mut().insert(header::DATE, v);
+    if !resp.headers().contains_key(header::DATE) {
+        if let Ok(v) = HeaderValue::from_str(&sim.clock.http_date()) {
+            resp.headers_mut().insert(header::DATE, v);
+        }
     }
     lock(&sim.counters).status(resp.status().as_u16());
     resp
@@ -127,6 +129,14 @@ async fn fault_response(sim: &Arc<Sim>, f: Fault, req: Request, path: &str) -> R
                 _ = stop.wait_for(|s| *s) => {}
             }
             f.simple_response()
+        }
+        Fault::DateAhead(secs) => {
+            let mut r = endpoint(sim, &req, path);
+            let date = crate::clock::http_date(sim.clock.now() + secs);
+            if let Ok(v) = HeaderValue::from_str(&date) {
+                r.headers_mut().insert(header::DATE, v);
+            }
+            r
         }
         Fault::Truncated200 => {
             let real = endpoint(sim, &req, path);

@@ -30,24 +30,32 @@ pub enum Fault {
     Html429,
     /// 429 problem+json without `retry_after`, plus header `Retry-After: N`.
     Status429WithHeader(u64),
+    /// The real answer, with a `Date` header this many seconds ahead of the sim clock (a
+    /// server clock gone wrong for one answer).
+    DateAhead(i64),
 }
 
 impl Fault {
     /// Parses the control API's `kind`: a status code ("500", "502", "504", ...), "timeout",
-    /// "non_json", "truncated", "html_429" or "429_retry_after" (uses `retry_after`, default 1).
+    /// "non_json", "truncated", "html_429", "429_retry_after" (uses `retry_after`, default 1) or
+    /// "date_ahead" (`retry_after` seconds ahead, default a year).
     pub fn parse(kind: &str, retry_after: Option<u64>) -> Result<Fault, String> {
         match kind {
             "timeout" => Ok(Fault::Timeout),
             "non_json" => Ok(Fault::NonJson200),
             "truncated" => Ok(Fault::Truncated200),
             "html_429" => Ok(Fault::Html429),
+            // `retry_after` carries the seconds ahead (default a year).
+            "date_ahead" => Ok(Fault::DateAhead(
+                retry_after.map_or(365 * 86_400, |s| s as i64),
+            )),
             "429_retry_after" | "429_header" => {
                 Ok(Fault::Status429WithHeader(retry_after.unwrap_or(1)))
             }
             other => match other.parse::<u16>() {
                 Ok(s) if (400..600).contains(&s) => Ok(Fault::Status(s)),
                 _ => Err(format!(
-                    "unknown fault kind {other:?}: use a 4xx/5xx status, timeout, non_json, truncated, html_429 or 429_retry_after"
+                    "unknown fault kind {other:?}: use a 4xx/5xx status, timeout, non_json, truncated, html_429, 429_retry_after or date_ahead"
                 )),
             },
         }
@@ -81,6 +89,8 @@ impl Fault {
                 debug_assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
                 r
             }
+            // Needs the real answer: served by the gateway; alone, an empty page.
+            Fault::DateAhead(_) => problem::raw_response(204, problem::HAL_JSON, String::new()),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::cursor::{Cursor, StoredCursor};
-use super::walk::{Ticket, Walk, WalkError, WalkSettings};
+use super::walk::{ClockBound, Ticket, Walk, WalkError, WalkSettings};
 use crate::metrics::Metrics;
 use crate::source::{FailureKind, FetchError, Page, PageRequest, Source, StreamDecl};
 use crate::store::state::{RunCounts, RunEnd, RunOutcome, StreamHealth};
@@ -25,6 +25,8 @@ const MIN_PAGE: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub lag_secs: i64,
+    /// How far the server's `Date` may lie from this machine's clock.
+    pub max_clock_skew_secs: i64,
     /// Page requests in flight across every stream of the process.
     pub parallelism: usize,
     pub page_size: u32,
@@ -374,6 +376,10 @@ impl<S: Source> Run<'_, S> {
             &WalkSettings {
                 lag: engine.settings.lag_secs,
                 page_size: engine.settings.page_size,
+                clock: Some(ClockBound {
+                    local_now: Utc::now().timestamp(),
+                    max_skew: engine.settings.max_clock_skew_secs,
+                }),
             },
         );
         walk.avoid(engine.recently_sent(self.decl.name));

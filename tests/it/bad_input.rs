@@ -124,3 +124,30 @@ async fn an_unreachable_postgres_is_a_clear_error() {
     );
     assert!(err.contains("database.url"), "{err}");
 }
+
+/// One answer whose `Date` is a year ahead would move the cursor a year ahead, and every
+/// later edit would be skipped for good. The run is refused, naming the setting, with the
+/// cursor where it was; the next run (an honest clock) mirrors the edits made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_a_year_ahead_is_refused_and_moves_no_cursor() {
+    let t = spawn(small_account(), &[]).await;
+    t.sync().await;
+    let before = cursor(&t, "leads").await;
+    let sim = t.sim.sim();
+    sim.edit(Entity::Leads, &[1, 2, 3]);
+    t.let_lag_pass();
+    sim.inject(Fault::DateAhead(365 * 86_400), 1);
+    let err = t
+        .app
+        .sync_once(&["leads".to_string()], false)
+        .await
+        .expect_err("a Date a year ahead is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("max_clock_skew_secs") && message.contains("ahead of"),
+        "{message}"
+    );
+    assert_eq!(cursor(&t, "leads").await, before, "the cursor did not move");
+    t.sync().await;
+    t.assert_mirrors_simulator().await;
+}

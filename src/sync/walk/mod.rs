@@ -38,6 +38,19 @@ pub struct WalkSettings {
     /// Seconds behind the server's clock that a run's window ends.
     pub lag: i64,
     pub page_size: u32,
+    /// Bounds on the server's clock, if any (the model checker has none).
+    pub clock: Option<ClockBound>,
+}
+
+/// How far a server's `Date` may lie from this machine's clock. The window's upper end is
+/// the server's time, never the local one; but one answer a year ahead would move the
+/// cursor a year ahead, and every later edit would fall below it, never synced. So a `Date`
+/// further than `max_skew` from the local clock ends the run before anything is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockBound {
+    /// This machine's clock when the run started (unix seconds).
+    pub local_now: i64,
+    pub max_skew: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +75,19 @@ pub enum WalkError {
          the run stops rather than send a query twice (the next run goes on from here)"
     )]
     WouldRepeat { stream: &'static str },
+    #[error(
+        "the server's Date ({server}) is {} s {} this machine's clock ({local}), more than \
+         sync.max_clock_skew_secs ({max_skew}); nothing was stored, as a cursor moved by it \
+         would skip edits for good. Fix: check this machine's clock (NTP); if the server's \
+         clock is known to be off, raise sync.max_clock_skew_secs",
+        (server - local).abs(),
+        if server > local { "ahead of" } else { "behind" }
+    )]
+    ServerClock {
+        server: i64,
+        local: i64,
+        max_skew: i64,
+    },
 }
 
 /// Identifies a request in flight.
@@ -154,6 +180,7 @@ pub struct Walk {
     stream: &'static str,
     kind: WalkKind,
     lag: i64,
+    clock: Option<ClockBound>,
     limit: u32,
     through: Option<i64>,
     probed_at: Option<i64>,
@@ -210,6 +237,7 @@ impl Walk {
             stream,
             kind,
             lag: settings.lag,
+            clock: settings.clock,
             limit: settings.page_size.max(1),
             through: cursor.through,
             probed_at: cursor.probed_at,
@@ -387,6 +415,15 @@ impl Walk {
         self.windows[idx].busy = None;
         if self.windows[idx].to.is_none() {
             let server_time = page.server_time.ok_or(WalkError::NoServerTime)?;
+            if let Some(c) = self.clock {
+                if (server_time - c.local_now).abs() > c.max_skew {
+                    return Err(WalkError::ServerClock {
+                        server: server_time,
+                        local: c.local_now,
+                        max_skew: c.max_skew,
+                    });
+                }
+            }
             let upper = server_time - self.lag;
             let w = &mut self.windows[idx];
             if upper < w.from {

@@ -440,6 +440,7 @@ fn run_once(
     let settings = WalkSettings {
         lag: s.lag,
         page_size: s.limit,
+        clock: None,
     };
     let mut walk = Walk::new("leads", s.kind, cursor, &settings);
     let mut in_flight: Vec<(super::Ticket, PageRequest)> = Vec::new();
