@@ -95,7 +95,7 @@ impl App {
             settings.kommo.account_key(),
             EngineSettings {
                 lag_secs: settings.sync.lag_secs,
-                max_clock_skew_secs: settings.sync.max_clock_skew_secs,
+                max_clock_jump_secs: settings.sync.max_clock_jump_secs,
                 parallelism: settings.sync.parallelism,
                 page_size: settings.kommo.page_size,
             },
@@ -243,8 +243,9 @@ impl App {
     }
 }
 
-/// Pings systemd's watchdog while the database answers: a daemon that cannot reach its
-/// database is restarted by systemd after WatchdogSec.
+/// Pings systemd's watchdog while the process and its schedule run. A database outage is
+/// not a reason to be killed: the daemon survives it (runs fail and retry on schedule), and
+/// `/readyz` reports it; a restart by systemd would only add a cold start to the outage.
 async fn watchdog(health: Health, every: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,11 +254,12 @@ async fn watchdog(health: Health, every: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match tokio::time::timeout(Duration::from_secs(5), health.store.ping()).await {
-            Ok(Ok(())) => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-            _ => tracing::warn!("database unreachable: withholding the systemd watchdog ping"),
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(5), health.store.ping()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!("database unreachable: runs fail until it is back (see /readyz)");
         }
     }
 }

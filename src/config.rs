@@ -261,7 +261,7 @@ impl std::fmt::Debug for DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct SyncSettings {
     pub lag_secs: i64,
-    pub max_clock_skew_secs: i64,
+    pub max_clock_jump_secs: i64,
     pub parallelism: usize,
     pub run_at_startup: bool,
 }
@@ -334,11 +334,11 @@ impl Settings {
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         let kommo = validate_kommo(raw.kommo, raw.oauth)?;
         let database = validate_database(raw.database)?;
-        if raw.sync.max_clock_skew_secs < 1 {
+        if raw.sync.max_clock_jump_secs < 1 {
             return Err(invalid(
-                "sync.max_clock_skew_secs",
-                format!("{} is below 1", raw.sync.max_clock_skew_secs),
-                "use 600 (ten minutes), or more if the server's clock is known to be off",
+                "sync.max_clock_jump_secs",
+                format!("{} is below 1", raw.sync.max_clock_jump_secs),
+                "use 600 (ten minutes), or more for one run if the server's clock really moved",
             ));
         }
         if raw.sync.lag_secs < 1 {
@@ -479,6 +479,20 @@ fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, Confi
                      (or use kommo.auth = \"oauth\")",
                 ));
             }
+            if token
+                .expose_secret()
+                .chars()
+                .any(|c| c.is_control() || c == ' ')
+            {
+                // Never echoed: it is a secret. A pasted newline or space would make every
+                // request fail to build ("builder error") and be retried for nothing.
+                return Err(invalid(
+                    "kommo.token",
+                    "the token holds a space or a control character (a pasted line break?)",
+                    "set the token alone, without quotes, spaces or line breaks (a trailing \
+                     newline in kommo.token_file is fine)",
+                ));
+            }
             AuthSettings::LongLivedToken(token)
         }
         AuthMode::Oauth => AuthSettings::OAuth(validate_oauth(oauth)?),
@@ -495,6 +509,13 @@ fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, Confi
             "kommo.spacing_margin_ms",
             format!("{} ms is more than a second", raw.spacing_margin_ms),
             "use 50 (the default); a larger margin only slows the sync down",
+        ));
+    }
+    if raw.max_retries > 20 {
+        return Err(invalid(
+            "kommo.max_retries",
+            format!("{} is more than 20", raw.max_retries),
+            "use 4 (the default); each retry backs off longer, and 20 already means hours",
         ));
     }
     if raw.page_size == 0 || raw.page_size > 250 {
@@ -681,6 +702,30 @@ mod tests {
             ("KOMMO_SYNC__KOMMO__SUBDOMAIN", "acme"),
             ("KOMMO_SYNC__KOMMO__TOKEN", "s3cr3t-token"),
         ])
+    }
+
+    /// A token with a line break inside, or an absurd retry count, is refused with the key,
+    /// and the token never appears in the message.
+    #[test]
+    fn a_token_with_a_control_character_and_unbounded_retries_are_refused() {
+        let mut e = base_env();
+        e.push(("KOMMO_SYNC__KOMMO__TOKEN".into(), "abc\ndef-secret".into()));
+        let err = Settings::load_from(None, e).unwrap_err().to_string();
+        assert!(
+            err.contains("kommo.token") && err.contains("control"),
+            "{err}"
+        );
+        assert!(!err.contains("def-secret"), "{err}");
+        let mut e = base_env();
+        e.push(("KOMMO_SYNC__KOMMO__MAX_RETRIES".into(), "4294967295".into()));
+        let err = Settings::load_from(None, e).unwrap_err().to_string();
+        assert!(err.contains("kommo.max_retries"), "{err}");
+        let mut e = base_env();
+        e.push(("KOMMO_SYNC__KOMMO__TOKEN".into(), "abc-def\n".into()));
+        assert!(
+            Settings::load_from(None, e).is_ok(),
+            "a trailing newline is trimmed"
+        );
     }
 
     #[test]

@@ -272,15 +272,19 @@ impl OAuth {
     /// refresh token, and retrying with it would only confirm that).
     async fn call(&self, body: Value) -> Result<Pair, KommoError> {
         let path = "/oauth2/access_token";
-        let resp = tokio::select! {
-            _ = self.cancel.cancelled() => return Err(KommoError::Cancelled),
-            r = self.http.post(self.token_url.clone()).json(&body).send() => r,
-        }
-        .map_err(|e| KommoError::Transport {
-            path: path.into(),
-            attempts: 1,
-            message: e.without_url().to_string(),
-        })?;
+        // Not raced against shutdown: once sent, Kommo may issue the new pair and revoke the
+        // old one, so the answer must be awaited (the client's timeout bounds it) and stored.
+        let resp = self
+            .http
+            .post(self.token_url.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| KommoError::Transport {
+                path: path.into(),
+                attempts: 1,
+                message: super::client::transport_message(e),
+            })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();

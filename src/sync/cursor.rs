@@ -55,6 +55,10 @@ pub struct Cursor {
     /// page of a resumed window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probed_at: Option<i64>,
+    /// The server's clock minus this machine's at the first answer of the last run. A server
+    /// may run ahead or behind, but steadily: a run whose skew jumps from this is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<i64>,
 }
 
 impl Cursor {
@@ -242,6 +246,7 @@ pub mod v1 {
                 windows,
                 plan: Default::default(),
                 probed_at: None,
+                clock_skew: None,
             }
         }
     }
@@ -288,6 +293,7 @@ mod tests {
                 because: "order[updated_at] is not honoured".into(),
             },
             probed_at: Some(800),
+            clock_skew: Some(-2),
         };
         let v = serde_json::to_value(StoredCursor::from(c.clone())).unwrap();
         assert_eq!(v["version"], "2");

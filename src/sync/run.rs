@@ -26,7 +26,7 @@ const MIN_PAGE: u32 = 10;
 pub struct EngineSettings {
     pub lag_secs: i64,
     /// How far the server's `Date` may lie from this machine's clock.
-    pub max_clock_skew_secs: i64,
+    pub max_clock_jump_secs: i64,
     /// Page requests in flight across every stream of the process.
     pub parallelism: usize,
     pub page_size: u32,
@@ -378,7 +378,7 @@ impl<S: Source> Run<'_, S> {
                 page_size: engine.settings.page_size,
                 clock: Some(ClockBound {
                     local_now: Utc::now().timestamp(),
-                    max_skew: engine.settings.max_clock_skew_secs,
+                    max_jump: engine.settings.max_clock_jump_secs,
                 }),
             },
         );

@@ -144,7 +144,7 @@ async fn a_date_a_year_ahead_is_refused_and_moves_no_cursor() {
         .expect_err("a Date a year ahead is refused");
     let message = err.to_string();
     assert!(
-        message.contains("max_clock_skew_secs") && message.contains("ahead of"),
+        message.contains("max_clock_jump_secs") && message.contains("ahead of"),
         "{message}"
     );
     assert_eq!(cursor(&t, "leads").await, before, "the cursor did not move");

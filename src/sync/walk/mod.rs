@@ -42,15 +42,17 @@ pub struct WalkSettings {
     pub clock: Option<ClockBound>,
 }
 
-/// How far a server's `Date` may lie from this machine's clock. The window's upper end is
-/// the server's time, never the local one; but one answer a year ahead would move the
-/// cursor a year ahead, and every later edit would fall below it, never synced. So a `Date`
-/// further than `max_skew` from the local clock ends the run before anything is stored.
+/// How far a server's clock may jump between runs. The window's upper end is the server's
+/// time, never the local one, and a server may run ahead or behind this machine; but one
+/// answer a year ahead would move the cursor a year ahead, and every later edit would fall
+/// below it, never synced. So the skew (server − local) of each run's first answer is kept
+/// in the cursor, and one that moved by more than `max_jump` since the last run ends the run
+/// before anything is stored.
 #[derive(Debug, Clone, Copy)]
 pub struct ClockBound {
     /// This machine's clock when the run started (unix seconds).
     pub local_now: i64,
-    pub max_skew: i64,
+    pub max_jump: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +78,18 @@ pub enum WalkError {
     )]
     WouldRepeat { stream: &'static str },
     #[error(
-        "the server's Date ({server}) is {} s {} this machine's clock ({local}), more than \
-         sync.max_clock_skew_secs ({max_skew}); nothing was stored, as a cursor moved by it \
-         would skip edits for good. Fix: check this machine's clock (NTP); if the server's \
-         clock is known to be off, raise sync.max_clock_skew_secs",
-        (server - local).abs(),
-        if server > local { "ahead of" } else { "behind" }
+        "the server's Date ({server}) is {} s {} where its clock stood at the last run, as \
+         measured by this machine's clock ({expected}), more than sync.max_clock_jump_secs \
+         ({max_jump}); nothing was stored, as a cursor moved by it would skip edits for \
+         good. Fix: if this machine's clock was changed (NTP), or the server's clock really \
+         moved, raise sync.max_clock_jump_secs for one run",
+        (server - expected).abs(),
+        if server > expected { "ahead of" } else { "behind" }
     )]
     ServerClock {
         server: i64,
-        local: i64,
-        max_skew: i64,
+        expected: i64,
+        max_jump: i64,
     },
 }
 
@@ -181,6 +184,7 @@ pub struct Walk {
     kind: WalkKind,
     lag: i64,
     clock: Option<ClockBound>,
+    clock_skew: Option<i64>,
     limit: u32,
     through: Option<i64>,
     probed_at: Option<i64>,
@@ -241,6 +245,7 @@ impl Walk {
             limit: settings.page_size.max(1),
             through: cursor.through,
             probed_at: cursor.probed_at,
+            clock_skew: cursor.clock_skew,
             plan: cursor.plan,
             windows: Vec::new(),
             learned: Learned::default(),
@@ -337,6 +342,7 @@ impl Walk {
                 .collect(),
             plan: self.plan.clone(),
             probed_at: self.probed_at,
+            clock_skew: self.clock_skew,
         }
     }
 
@@ -416,13 +422,17 @@ impl Walk {
         if self.windows[idx].to.is_none() {
             let server_time = page.server_time.ok_or(WalkError::NoServerTime)?;
             if let Some(c) = self.clock {
-                if (server_time - c.local_now).abs() > c.max_skew {
-                    return Err(WalkError::ServerClock {
-                        server: server_time,
-                        local: c.local_now,
-                        max_skew: c.max_skew,
-                    });
+                let skew = server_time - c.local_now;
+                if let Some(before) = self.clock_skew {
+                    if (skew - before).abs() > c.max_jump {
+                        return Err(WalkError::ServerClock {
+                            server: server_time,
+                            expected: c.local_now + before,
+                            max_jump: c.max_jump,
+                        });
+                    }
                 }
+                self.clock_skew = Some(skew);
             }
             let upper = server_time - self.lag;
             let w = &mut self.windows[idx];
@@ -809,4 +819,49 @@ fn by_id_from_proven(w: &mut Live) {
     w.remaining = None;
     w.split_at = None;
     w.frozen = None;
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    fn run_at(cursor: Cursor, local_now: i64, server_time: i64) -> Result<Cursor, WalkError> {
+        let settings = WalkSettings {
+            lag: 5,
+            page_size: 250,
+            clock: Some(ClockBound {
+                local_now,
+                max_jump: 600,
+            }),
+        };
+        let mut walk = Walk::new("leads", WalkKind::UpdatedAtKeyset, cursor, &settings);
+        let (ticket, _) = walk.next(false).unwrap().expect("a first request");
+        walk.apply(
+            ticket,
+            Page {
+                records: Vec::new(),
+                server_time: Some(server_time),
+            },
+        )?;
+        Ok(walk.cursor())
+    }
+
+    /// A server a day ahead of this machine is fine, run after run; one answer a year ahead
+    /// of where its clock should stand is refused, and leaves nothing to store.
+    #[test]
+    fn a_steady_skew_passes_and_a_jump_is_refused() {
+        let day = 86_400;
+        let first = run_at(Cursor::default(), 1_000_000, 1_000_000 + day).unwrap();
+        assert_eq!(first.clock_skew, Some(day));
+        let second = run_at(first.clone(), 1_000_300, 1_000_300 + day + 2).unwrap();
+        assert_eq!(second.clock_skew, Some(day + 2));
+        let err = run_at(second, 1_000_600, 1_000_600 + day + 365 * day).unwrap_err();
+        assert!(
+            matches!(err, WalkError::ServerClock { max_jump: 600, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ahead of"), "{err}");
+        let behind = run_at(first, 1_000_300, 1_000_300).unwrap_err();
+        assert!(behind.to_string().contains("behind"), "{behind}");
+    }
 }
