@@ -234,6 +234,8 @@ impl App {
         .await
         .context("running the schedule");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // A token refresh in flight ends with its commit, or the next start is locked out.
+        self.client.settle().await;
         if let Some(server) = server {
             let _ = server.await;
         }

@@ -216,6 +216,8 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 }
             });
             let result = app.sync_once(&streams, full).await;
+            // A token refresh in flight ends with its commit, or the next start is locked out.
+            app.client.settle().await;
             match result {
                 Ok(reports) => {
                     for r in &reports {
@@ -243,6 +245,8 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Run => {
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
+            let (client, request_timeout) =
+                (app.client.clone(), app.settings.kommo.request_timeout);
             let mut daemon = tokio::spawn(app.run_until_stopped());
             tokio::select! {
                 // The daemon ended by itself: a fatal error (the side server's port taken,
@@ -263,10 +267,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             match tokio::time::timeout(SHUTDOWN_GRACE, daemon).await {
                 Ok(Ok(result)) => result?,
                 Ok(Err(join)) => return Err(join.into()),
-                Err(_) => tracing::warn!(
-                    grace_secs = SHUTDOWN_GRACE.as_secs(),
-                    "runs did not stop in time; exiting (uncommitted pages are rolled back)"
-                ),
+                Err(_) => {
+                    tracing::warn!(
+                        grace_secs = SHUTDOWN_GRACE.as_secs(),
+                        "runs did not stop in time; exiting (uncommitted pages are rolled back)"
+                    );
+                    // Never cut a token refresh short (bounded by its request timeout).
+                    let _ = tokio::time::timeout(request_timeout, client.settle()).await;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -112,6 +112,11 @@ pub struct OAuth {
     /// The token in use; the lock also serialises refreshes within this process.
     cached: Mutex<Option<Cached>>,
     hook: std::sync::Mutex<Option<RefreshHook>>,
+    /// Refreshes in flight. Each runs from its call to its commit in a task of its own: a
+    /// shutdown aborts the runs' fetch tasks, and a refresh dropped between Kommo's answer
+    /// and the commit would leave only a revoked refresh token behind. The process waits
+    /// for them before it exits ([`OAuth::settle`]).
+    inflight: tokio_util::task::TaskTracker,
 }
 
 impl OAuth {
@@ -136,6 +141,7 @@ impl OAuth {
             cancel,
             cached: Mutex::new(None),
             hook: std::sync::Mutex::new(None),
+            inflight: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -144,15 +150,16 @@ impl OAuth {
         *self.hook.lock().expect("hook lock") = hook;
     }
 
+    /// Waits for refreshes in flight to commit (each is bounded by the request timeout).
+    pub async fn settle(&self) {
+        self.inflight.close();
+        self.inflight.wait().await;
+        self.inflight.reopen();
+    }
+
     fn step(&self, step: RefreshStep) -> Result<(), KommoError> {
         let hook = self.hook.lock().expect("hook lock").clone();
-        match hook {
-            Some(h) => h(step).map_err(|why| KommoError::Interrupted {
-                step: format!("{step:?}"),
-                why,
-            }),
-            None => Ok(()),
-        }
+        run_hook(&hook, step)
     }
 
     fn margin_secs(&self) -> f64 {
@@ -212,33 +219,53 @@ impl OAuth {
         }
         let refresh_token = row.refresh_token.clone();
         self.step(RefreshStep::BeforeCall)?;
-        let answer = self
-            .call(json!({
-                "client_id": self.settings.client_id,
-                "client_secret": self.settings.client_secret.expose_secret(),
-                "grant_type": "refresh_token",
-                "refresh_token": refresh_token.expose_secret(),
-                "redirect_uri": self.settings.redirect_uri,
-            }))
-            .await;
-        match answer {
+        let body = json!({
+            "client_id": self.settings.client_id,
+            "client_secret": self.settings.client_secret.expose_secret(),
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.expose_secret(),
+            "redirect_uri": self.settings.redirect_uri,
+        });
+        // From the call to the commit, in a task of its own that nothing aborts.
+        let critical = {
+            let (http, url) = (self.http.clone(), self.token_url.clone());
+            let politeness = self.politeness.clone();
+            let hook = self.hook.lock().expect("hook lock").clone();
+            async move {
+                match token_call(&http, url, &politeness, body).await {
+                    Ok(pair) => {
+                        // The old refresh token is dead now: commit the new pair first.
+                        run_hook(&hook, RefreshStep::AfterResponse)?;
+                        lock.save(pair.new_pair()).await.map_err(store_error)?;
+                        run_hook(&hook, RefreshStep::BeforeCommit)?;
+                        lock.commit().await.map_err(store_error)?;
+                        run_hook(&hook, RefreshStep::AfterCommit)?;
+                        Ok(Ok(pair))
+                    }
+                    Err(KommoError::TokenRefused { status, detail }) => {
+                        let why = format!("Kommo refused the refresh token ({status}: {detail})");
+                        lock.mark_revoked(&why).await.map_err(store_error)?;
+                        lock.commit().await.map_err(store_error)?;
+                        Ok(Err(why))
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+        };
+        let done = self
+            .inflight
+            .spawn(critical)
+            .await
+            .map_err(|e| KommoError::Interrupted {
+                step: "refresh".into(),
+                why: e.to_string(),
+            })??;
+        match done {
             Ok(pair) => {
-                // The old refresh token is dead now: commit the new pair before anything else.
-                self.step(RefreshStep::AfterResponse)?;
-                lock.save(pair.new_pair()).await.map_err(store_error)?;
-                self.step(RefreshStep::BeforeCommit)?;
-                lock.commit().await.map_err(store_error)?;
-                self.step(RefreshStep::AfterCommit)?;
                 tracing::info!(expires_in = pair.expires_in, "OAuth access token refreshed");
                 Ok(self.cache(SecretString::from(pair.access), pair.expires_in as f64))
             }
-            Err(KommoError::TokenRefused { status, detail }) => {
-                let why = format!("Kommo refused the refresh token ({status}: {detail})");
-                lock.mark_revoked(&why).await.map_err(store_error)?;
-                lock.commit().await.map_err(store_error)?;
-                Err(self.locked_out(&why))
-            }
-            Err(other) => Err(other),
+            Err(why) => Err(self.locked_out(&why)),
         }
     }
 
@@ -271,72 +298,7 @@ impl OAuth {
     /// One POST to the token endpoint; no retry (a lost answer may already have spent the
     /// refresh token, and retrying with it would only confirm that).
     async fn call(&self, body: Value) -> Result<Pair, KommoError> {
-        let path = "/oauth2/access_token";
-        // Not raced against shutdown: once sent, Kommo may issue the new pair and revoke the
-        // old one, so the answer must be awaited (the client's timeout bounds it) and stored.
-        let resp = self
-            .http
-            .post(self.token_url.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| KommoError::Transport {
-                path: path.into(),
-                attempts: 1,
-                message: super::client::transport_message(e),
-            })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-        match status {
-            200 => {
-                let v = parsed.ok_or_else(|| KommoError::Decode {
-                    path: path.into(),
-                    what: "the token answer is not JSON".into(),
-                    attempts: 1,
-                })?;
-                let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
-                match (field("access_token"), field("refresh_token")) {
-                    (Some(access), Some(refresh)) => Ok(Pair {
-                        access,
-                        refresh,
-                        expires_in: v
-                            .get("expires_in")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(86_400),
-                    }),
-                    _ => Err(KommoError::Decode {
-                        path: path.into(),
-                        what: "the token answer lacks access_token or refresh_token".into(),
-                        attempts: 1,
-                    }),
-                }
-            }
-            403 => {
-                // The IP block, not a verdict on the token: back off like any request.
-                let (until, backoff) = self.politeness.banned();
-                Err(KommoError::Banned { until, backoff })
-            }
-            400 | 401 => {
-                let detail = parsed
-                    .as_ref()
-                    .and_then(|v| {
-                        v.get("detail")
-                            .or_else(|| v.get("hint"))
-                            .or_else(|| v.get("title"))
-                    })
-                    .and_then(Value::as_str)
-                    .unwrap_or("no details")
-                    .to_string();
-                Err(KommoError::TokenRefused { status, detail })
-            }
-            429 => Err(KommoError::RateLimited { attempts: 1 }),
-            _ => Err(KommoError::Server {
-                path: path.into(),
-                status,
-                attempts: 1,
-            }),
-        }
+        token_call(&self.http, self.token_url.clone(), &self.politeness, body).await
     }
 
     /// The stored pair, if there is one that Kommo has not refused.
@@ -369,4 +331,93 @@ impl OAuth {
 
 fn store_error(e: TokenStoreError) -> KommoError {
     KommoError::TokenStore { message: e.0 }
+}
+
+/// One POST to the token endpoint; no retry (a lost answer may already have spent the
+/// refresh token, and retrying with it would only confirm that).
+async fn token_call(
+    http: &reqwest::Client,
+    url: Url,
+    politeness: &Politeness,
+    body: Value,
+) -> Result<Pair, KommoError> {
+    let path = "/oauth2/access_token";
+    // Not raced against shutdown: once sent, Kommo may issue the new pair and revoke the
+    // old one, so the answer must be awaited (the client's timeout bounds it) and stored.
+    let resp = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| KommoError::Transport {
+            path: path.into(),
+            attempts: 1,
+            message: super::client::transport_message(e),
+        })?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    match status {
+        200 => {
+            let v = parsed.ok_or_else(|| KommoError::Decode {
+                path: path.into(),
+                what: "the token answer is not JSON".into(),
+                attempts: 1,
+            })?;
+            let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+            match (field("access_token"), field("refresh_token")) {
+                (Some(access), Some(refresh)) => Ok(Pair {
+                    access,
+                    refresh,
+                    expires_in: v
+                        .get("expires_in")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(86_400),
+                }),
+                _ => Err(KommoError::Decode {
+                    path: path.into(),
+                    what: "the token answer lacks access_token or refresh_token".into(),
+                    attempts: 1,
+                }),
+            }
+        }
+        403 => {
+            // The IP block, not a verdict on the token: back off like any request.
+            let (until, backoff) = politeness.banned();
+            Err(KommoError::Banned { until, backoff })
+        }
+        400 | 401 => {
+            // Kommo puts the real reason ("Token has been revoked") in `hint`.
+            let text = |k: &str| {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.trim().is_empty())
+            };
+            let detail = match (text("detail").or_else(|| text("title")), text("hint")) {
+                (Some(d), Some(h)) if d != h => format!("{d}; {h}"),
+                (Some(d), _) => d.to_string(),
+                (None, Some(h)) => h.to_string(),
+                (None, None) => "no details".to_string(),
+            };
+            Err(KommoError::TokenRefused { status, detail })
+        }
+        429 => Err(KommoError::RateLimited { attempts: 1 }),
+        _ => Err(KommoError::Server {
+            path: path.into(),
+            status,
+            attempts: 1,
+        }),
+    }
+}
+
+fn run_hook(hook: &Option<RefreshHook>, step: RefreshStep) -> Result<(), KommoError> {
+    match hook {
+        Some(h) => h(step).map_err(|why| KommoError::Interrupted {
+            step: format!("{step:?}"),
+            why,
+        }),
+        None => Ok(()),
+    }
 }

@@ -142,6 +142,13 @@ impl KommoClient {
         &self.auth
     }
 
+    /// Waits for an OAuth refresh in flight to commit: call before the process exits.
+    pub async fn settle(&self) {
+        if let Auth::OAuth(o) = &self.auth {
+            o.settle().await;
+        }
+    }
+
     pub fn politeness(&self) -> &Arc<Politeness> {
         &self.politeness
     }

@@ -295,3 +295,46 @@ async fn secrets_never_reach_logs_errors_or_output() {
         );
     }
 }
+
+/// A shutdown while a token refresh is in flight (the run's tasks are aborted) does not
+/// drop it: the refresh ends with its commit, and the next start works. Before, the new
+/// pair was lost with the aborted task and the restarted daemon was locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_refresh_keeps_the_new_pair() {
+    let t = spawn_oauth(
+        4,
+        SimConfig {
+            latency: Duration::from_millis(1500),
+            ..small_account()
+        },
+        &[],
+    )
+    .await;
+    // Inside the refresh margin (4 s life, 2 s margin).
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let settings = Settings::load_from(None, t.env.clone()).unwrap();
+    let app = Arc::new(
+        App::build(settings, CancellationToken::new())
+            .await
+            .unwrap(),
+    );
+    let sync = tokio::spawn({
+        let app = app.clone();
+        async move { app.sync_once(&["leads".into()], false).await }
+    });
+    // The refresh has reached the server (it answers after 1.5 s): stop everything.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sync.abort();
+    let _ = sync.await;
+    app.client.settle().await;
+
+    let settings = Settings::load_from(None, t.env.clone()).unwrap();
+    let restarted = App::build(settings, CancellationToken::new())
+        .await
+        .unwrap();
+    restarted
+        .sync_once(&["leads".into()], false)
+        .await
+        .expect("the restarted daemon is not locked out");
+    assert_eq!(t.sim.sim().counters().refresh_token_reuses, 0);
+}
