@@ -24,7 +24,9 @@ use crate::sync::cursor::StoredCursor;
 incrementally and within Kommo's rate limit (7 requests per second).\n\n\
 Settings come from config/default.toml (built in), then the file given with --config, then \
 environment variables KOMMO_SYNC__SECTION__KEY (e.g. KOMMO_SYNC__KOMMO__SUBDOMAIN=mycompany, \
-KOMMO_SYNC__KOMMO__TOKEN=..., KOMMO_SYNC__DATABASE__URL=postgres://...)."
+KOMMO_SYNC__KOMMO__TOKEN=..., KOMMO_SYNC__DATABASE__URL=postgres://...).",
+    after_help = "Exit codes: 0 success (also after SIGTERM/SIGINT), 1 failure (the message says \
+why and what to do), 2 bad settings or arguments."
 )]
 pub struct Cli {
     /// TOML file with settings that override the defaults (see config/default.toml).
@@ -73,12 +75,16 @@ pub enum Command {
     /// Mirror a generated account from the built-in Kommo simulator into PostgreSQL (schema
     /// `kommo_demo`), then print example queries. Needs no Kommo credentials.
     Demo {
+        /// Leads in the generated account.
         #[arg(long, default_value_t = 3000)]
         leads: usize,
+        /// Contacts in the generated account.
         #[arg(long, default_value_t = 2000)]
         contacts: usize,
+        /// Companies in the generated account.
         #[arg(long, default_value_t = 600)]
         companies: usize,
+        /// Tasks in the generated account.
         #[arg(long, default_value_t = 2000)]
         tasks: usize,
         /// Schema for the demo's tables; keep it apart from a real mirror.
@@ -92,6 +98,8 @@ pub enum AuthAction {
     /// Trade an authorization code (from the integration's page in Kommo; valid 20 minutes)
     /// for the first access and refresh tokens, and store them in the database.
     Exchange {
+        /// The authorization code Kommo shows (or sends to the redirect URI) after a user
+        /// allows the integration; single-use, valid 20 minutes.
         #[arg(long)]
         code: String,
     },

@@ -44,7 +44,10 @@ impl Health {
             return Some(format!("locked out: {reason}"));
         }
         if let Some(until) = p.banned_until {
-            return Some(format!("banned by Kommo (403) until {until}"));
+            return Some(format!(
+                "banned by Kommo (403) until {}",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
         }
         None
     }

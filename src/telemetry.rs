@@ -18,6 +18,12 @@ pub fn init(format: LogFormat, level: &str) {
             "sqlx::postgres::notice=warn"
                 .parse()
                 .expect("a valid directive"),
+        )
+        // The scheduler library's own bookkeeping, at INFO, says nothing an operator needs.
+        .add_directive(
+            "tokio_cron_scheduler=warn"
+                .parse()
+                .expect("a valid directive"),
         );
     let json = match format {
         LogFormat::Json => true,

@@ -18,9 +18,10 @@ pub enum KommoError {
     RateLimited { attempts: u32 },
 
     #[error(
-        "Kommo blocked this IP (403 Forbidden). All traffic to the account is paused until {until} \
+        "Kommo blocked this IP (403 Forbidden). All traffic to the account is paused until {} \
          (back-off {}s, doubling while the block lasts). Usual causes: more than 7 requests per \
          second from this IP (another tool?), or the same data requested over and over",
+        until.format("%Y-%m-%d %H:%M:%S UTC"),
         backoff.as_secs()
     )]
     Banned {

@@ -25,7 +25,15 @@ fn help_lists_every_command() {
     let out = binary().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for cmd in ["run", "sync", "status", "migrate", "check", "KOMMO_SYNC__"] {
+    for cmd in [
+        "run",
+        "sync",
+        "status",
+        "migrate",
+        "check",
+        "KOMMO_SYNC__",
+        "Exit codes",
+    ] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
     let out = binary().args(["sync", "--help"]).output().unwrap();
