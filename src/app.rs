@@ -69,6 +69,7 @@ impl App {
             );
         }
         let metrics = Arc::new(Metrics::new());
+        metrics.declare_streams(crate::kommo::stream_names());
         // Only OAuth keeps anything in the database; a long-lived token needs no store.
         let tokens: Option<Arc<dyn TokenStore>> = match settings.kommo.auth {
             AuthSettings::OAuth(_) => Some(Arc::new(PgTokens {

@@ -132,6 +132,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates every per-stream counter at 0, so that the first scrape shows each series
+    /// (an absent `runs_failed_total` reads as "no data", not as "no failure"; `increase()`
+    /// over a series that appears at 1 misses the first failure).
+    pub fn declare_streams<'a>(&self, streams: impl IntoIterator<Item = &'a str>) {
+        for s in streams {
+            let labels = Self::stream(s);
+            self.rows_written.get_or_create(&labels).inc_by(0);
+            self.runs_failed.get_or_create(&labels).inc_by(0);
+        }
+    }
+
     pub fn stream(stream: &str) -> StreamLabels {
         StreamLabels {
             stream: stream.to_string(),
@@ -143,5 +154,25 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stream's counters exist from the first scrape, at 0.
+    #[test]
+    fn declared_streams_show_zero_counters_before_anything_happens() {
+        let m = Metrics::new();
+        m.declare_streams(["leads", "tasks"]);
+        let text = m.render();
+        for line in [
+            "kommo_sync_runs_failed_total{stream=\"leads\"} 0",
+            "kommo_sync_runs_failed_total{stream=\"tasks\"} 0",
+            "kommo_sync_rows_written_total{stream=\"leads\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }
