@@ -797,6 +797,23 @@ mod found {
 mod found_more {
     use super::*;
 
+    /// `order[updated_at]` ignored, the list in `default_order`; everything else plain.
+    pub(super) fn updated_order_ignored(default_order: DefaultOrder) -> Behaviour {
+        Behaviour {
+            from_inclusive: false,
+            to_inclusive: false,
+            ims: Ims::Gt,
+            ignored: Ignored {
+                order_updated: true,
+                ..Ignored::default()
+            },
+            default_order,
+            delay: 0,
+            cap: None,
+            race: 0.0,
+        }
+    }
+
     pub(super) fn case(
         seed: u64,
         kind: WalkKind,
@@ -1068,6 +1085,7 @@ mod found_more {
 }
 
 mod found_churn {
+    use super::found_more::updated_order_ignored;
     use super::*;
 
     #[test]
@@ -1108,19 +1126,7 @@ mod found_churn {
             333,
             11,
             7,
-            Behaviour {
-                from_inclusive: false,
-                to_inclusive: false,
-                ims: Ims::Gt,
-                ignored: Ignored {
-                    order_updated: true,
-                    ..Ignored::default()
-                },
-                default_order: DefaultOrder::IdAsc,
-                delay: 0,
-                cap: None,
-                race: 0.0,
-            },
+            updated_order_ignored(DefaultOrder::IdAsc),
         );
         s.bulk = 27;
         s.edit = 0.2722584057117418;
@@ -1136,19 +1142,7 @@ mod found_churn {
             38,
             25,
             7,
-            Behaviour {
-                from_inclusive: false,
-                to_inclusive: false,
-                ims: Ims::Gt,
-                ignored: Ignored {
-                    order_updated: true,
-                    ..Ignored::default()
-                },
-                default_order: DefaultOrder::Shuffled,
-                delay: 0,
-                cap: None,
-                race: 0.0,
-            },
+            updated_order_ignored(DefaultOrder::Shuffled),
         );
         s.bulk = 13;
         s.edit = 0.43376869935241696;
@@ -1163,19 +1157,7 @@ mod found_churn {
             65,
             52,
             60,
-            Behaviour {
-                from_inclusive: false,
-                to_inclusive: false,
-                ims: Ims::Gt,
-                ignored: Ignored {
-                    order_updated: true,
-                    ..Ignored::default()
-                },
-                default_order: DefaultOrder::IdDesc,
-                delay: 0,
-                cap: None,
-                race: 0.0,
-            },
+            updated_order_ignored(DefaultOrder::IdDesc),
         );
         s.bulk = 12;
         check(&s).unwrap();

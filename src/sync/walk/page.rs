@@ -140,7 +140,7 @@ fn crowded(group: usize, limit: u32) -> bool {
     group >= (limit / 10).max((limit / 2).min(3)).max(2)
 }
 
-fn sorted_by<T: PartialOrd>(items: impl Iterator<Item = T>, asc: bool) -> bool {
+pub(super) fn sorted_by<T: PartialOrd>(items: impl Iterator<Item = T>, asc: bool) -> bool {
     let mut prev: Option<T> = None;
     for x in items {
         if let Some(p) = &prev {

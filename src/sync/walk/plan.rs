@@ -131,10 +131,7 @@ impl Learned {
             Order::IdAsc => Vec::new(),
         };
         let asc = req.order != Order::UpdatedAtDesc;
-        let sorted = keys
-            .windows(2)
-            .all(|w| if asc { w[0] <= w[1] } else { w[0] >= w[1] });
-        if sorted {
+        if super::page::sorted_by(keys.iter(), asc) {
             let steps = order_steps(&keys);
             match req.order {
                 Order::UpdatedAtAsc | Order::UpdatedAtDesc => {
