@@ -15,6 +15,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use crate::config::ImsMode;
+use crate::embeds::With;
 use crate::entity::Entity;
 use crate::faults::{Fault, TIMEOUT_HOLD};
 use crate::limits::Admission;
@@ -164,6 +165,7 @@ enum Route {
     Pipelines,
     LossReasons,
     CustomFields(Entity),
+    Tags(Entity),
     Events,
     List(Entity),
     One(Entity, i64),
@@ -181,6 +183,7 @@ fn route(rest: &str) -> Option<Route> {
         [kind, "custom_fields"] => {
             Route::CustomFields(entity(kind).filter(|e| *e != Entity::Tasks)?)
         }
+        [kind, "tags"] => Route::Tags(entity(kind).filter(|e| *e != Entity::Tasks)?),
         [kind] => Route::List(entity(kind)?),
         [kind, id] => Route::One(entity(kind)?, id.parse().ok()?),
         _ => return None,
@@ -202,6 +205,7 @@ fn endpoint(sim: &Sim, req: &Request, path: &str) -> Response {
     let pairs = query::pairs(req.uri().query());
     let base = sim.base_url.as_str();
     let now = sim.now();
+    let reference = sim.reference();
     match r {
         Route::Account => {
             let with: Vec<&str> = pairs
@@ -209,41 +213,46 @@ fn endpoint(sim: &Sim, req: &Request, path: &str) -> Response {
                 .filter(|(k, _)| k == "with")
                 .flat_map(|(_, v)| v.split(','))
                 .collect();
-            let mut v = sim
-                .reference
-                .account_json(base, &with, sim.reference.users[0].id, now);
+            let user = reference.users.first().map_or(0, |u| u.id);
+            let mut v = reference.account_json(base, &with, user, now);
             // Kommo adds it for `with=is_api_filter_enabled`; always present here, so a client
             // that forgets the `with` still sees the truth.
             v["is_api_filter_enabled"] = json!(sim.api_filter_enabled());
             hal(&v)
         }
-        Route::Users => {
-            paged_reference(path, base, &pairs, "users", sim.reference.users_json(base))
-        }
-        Route::Pipelines => hal(&sim.reference.pipelines_json(base)),
+        Route::Users => paged_reference(
+            path,
+            base,
+            &pairs,
+            "users",
+            reference.users_json(base),
+            None,
+        ),
+        Route::Pipelines => hal(&reference.pipelines_json(base)),
         Route::LossReasons => paged_reference(
             path,
             base,
             &pairs,
             "loss_reasons",
-            sim.reference.loss_reasons_json(base, now),
+            reference.loss_reasons_json(base, sim.anchor),
+            None,
         ),
+        // At most 50 definitions a page, whatever `limit` asks.
         Route::CustomFields(e) => paged_reference(
             path,
             base,
             &pairs,
             "custom_fields",
-            sim.reference.custom_fields_json(base, e),
+            reference.custom_fields_json(base, e),
+            Some(query::CUSTOM_FIELDS_MAX_LIMIT),
         ),
+        Route::Tags(e) => paged_reference(path, base, &pairs, "tags", reference.tags_json(e), None),
         Route::Events => events(sim, path, &pairs),
         Route::List(e) => list(sim, e, path, &pairs, req.headers()),
-        Route::One(e, id) => {
-            let d = lock(&sim.data);
-            match d.store.newest(e, id) {
-                Some(v) => problem::raw_response(200, HAL_JSON, v.raw.to_string()),
-                None => problem::no_content(),
-            }
-        }
+        Route::One(e, id) => match sim.one(e, id, With::parse(&pairs)) {
+            Some(raw) => problem::raw_response(200, HAL_JSON, raw.to_string()),
+            None => problem::no_content(),
+        },
     }
 }
 
@@ -322,7 +331,13 @@ fn list(
         limit: rules.page_size(params.paging.limit),
     };
     let offset = ((p.page - 1) as usize).saturating_mul(p.limit as usize);
-    let page = sim.list_page(e, &params.filter, offset, p.limit as usize);
+    let page = sim.list_page(
+        e,
+        &params.filter,
+        With::parse(pairs),
+        offset,
+        p.limit as usize,
+    );
     if page.items.is_empty() {
         return problem::no_content();
     }
@@ -351,14 +366,20 @@ fn list(
 }
 
 /// Reference lists with `_total_items`, `_page`, `_page_count` (users, custom fields, ...).
+/// With `cap`, a larger `limit` silently serves `cap` items a page (and says so in `_links`).
 fn paged_reference(
     path: &str,
     base: &str,
     pairs: &[(String, String)],
     key: &str,
     items: Vec<Value>,
+    cap: Option<i64>,
 ) -> Response {
-    let p = match query::paging(pairs, query::MAX_LIMIT) {
+    let paged = match cap {
+        Some(c) => query::capped_paging(pairs, c),
+        None => query::paging(pairs, query::MAX_LIMIT),
+    };
+    let p = match paged {
         Ok(p) => p,
         Err(e) => return e.response(),
     };

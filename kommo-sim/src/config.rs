@@ -3,8 +3,9 @@
 //! Every knob that a test, a benchmark or the CLI can turn lives here, with defaults that match
 //! what Kommo documents (7 rps, `retry_after: 300`, 24 h access tokens). Knobs that tests flip while
 //! the server runs (IMS mode, visibility delay, latency, tie order, and the list behaviours Kommo
-//! leaves open: range bounds, ignored parameters, default order, racing edits, a page-size cap)
-//! are copied into the running [`crate::Sim`] and changed there.
+//! leaves open: range bounds, ignored parameters, default order, racing edits, a page-size cap,
+//! whether restores and link changes bump `updated_at`) are copied into the running
+//! [`crate::Sim`] and changed there.
 
 use std::fmt;
 use std::str::FromStr;
@@ -356,6 +357,15 @@ pub struct SimConfig {
     /// Entities of each kind seeded as one import: they share a `created_at` and `updated_at`
     /// second about a third of the way back (0 = no import).
     pub import_crowd: usize,
+    /// Initially, whether restoring a deleted entity sets its `updated_at` to the restore time
+    /// (Kommo does not say). When false it comes back with the `updated_at` it had, behind any
+    /// client's `updated_at` cursor: only the `*_restored` event tells.
+    pub restore_bumps_updated_at: bool,
+    /// Initially, whether linking or unlinking a contact (and relinking by a merge) sets the
+    /// lead's `updated_at` to now (Kommo does not say). When false the lead keeps its
+    /// `updated_at` and only `entity_linked` / `entity_unlinked` tell; lists with
+    /// `with=contacts` show the new links at once either way.
+    pub link_bumps_updated_at: bool,
 }
 
 impl Default for SimConfig {
@@ -386,6 +396,8 @@ impl Default for SimConfig {
             race_rate: 0.0,
             max_page_size: None,
             import_crowd: 0,
+            restore_bumps_updated_at: true,
+            link_bumps_updated_at: false,
         }
     }
 }

@@ -392,7 +392,8 @@ fn field_entry(f: &FieldDef, values: Value) -> Value {
 }
 
 /// `custom_fields_values` for a new entity: each field present with its own probability; `null`
-/// when none is (as Kommo sends it).
+/// when none is (as Kommo sends it). Fields no entity uses are skipped before any draw, so
+/// adding such definitions does not change what a seed generates.
 fn custom_fields(
     fields: &[FieldDef],
     rng: &mut impl Rng,
@@ -400,7 +401,7 @@ fn custom_fields(
     created_at: i64,
 ) -> Value {
     let mut entries: Vec<Value> = Vec::new();
-    for f in fields {
+    for f in fields.iter().filter(|f| f.in_use()) {
         if rng.gen_bool(f.presence) {
             entries.push(field_entry(f, field_values(f, rng, name_hint, created_at)));
         }
@@ -426,9 +427,8 @@ fn tags_json(ctx: Ctx, e: Entity, rng: &mut impl Rng, p_any: f64) -> Value {
 }
 
 fn user(ctx: Ctx, rng: &mut impl Rng) -> i64 {
-    // The last user is the integration robot; people do most of the work.
-    let people = &ctx.reference.users[..ctx.reference.users.len() - 1];
-    pick(rng, people).id
+    // The integration robot only creates; people do most of the work.
+    pick(rng, ctx.reference.people()).id
 }
 
 /// A new entity of kind `e`.
@@ -487,7 +487,12 @@ fn make_lead(
             .filter(|s| s.id > 143)
             .map(|s| s.id)
             .collect();
-        *pick(rng, &open)
+        // A pipeline whose open stages were all removed at run time still takes leads: won.
+        if open.is_empty() {
+            142
+        } else {
+            *pick(rng, &open)
+        }
     };
     let closed_at = if status_id == 142 || status_id == 143 {
         json!(rng.gen_range(created_at..=updated_at))
@@ -712,8 +717,8 @@ pub fn edit(e: Entity, ctx: Ctx, rng: &mut impl Rng, v: &mut Value, now: i64) ->
                 }
                 1 => responsible_change(ctx, rng, v, &mut changes),
                 _ => {
-                    let fields = &r.fields[e.index()];
-                    let f = pick(rng, fields);
+                    let fields = r.fields_in_use(e);
+                    let f = *pick(rng, &fields);
                     let hint = v["name"].as_str().unwrap_or("").to_string();
                     let created = v["created_at"].as_i64().unwrap_or(now);
                     set_field(
@@ -777,6 +782,33 @@ pub fn edit(e: Entity, ctx: Ctx, rng: &mut impl Rng, v: &mut Value, now: i64) ->
     changes
 }
 
+/// Puts a lead on `status_id` of `pipeline_id` at `now` (closing or reopening it), without
+/// touching `updated_at`; returns the `lead_status_changed` change, or `None` if it is there.
+pub fn set_stage(v: &mut Value, pipeline_id: i64, status_id: i64, now: i64) -> Option<Change> {
+    let old_status = v["status_id"].as_i64().unwrap_or(0);
+    let old_pipeline = v["pipeline_id"].as_i64().unwrap_or(0);
+    if (old_status, old_pipeline) == (status_id, pipeline_id) {
+        return None;
+    }
+    v["status_id"] = json!(status_id);
+    v["pipeline_id"] = json!(pipeline_id);
+    let closed = status_id == 142 || status_id == 143;
+    let was_closed = old_status == 142 || old_status == 143;
+    if !closed {
+        v["closed_at"] = Value::Null;
+    } else if !was_closed || old_status != status_id {
+        v["closed_at"] = json!(now);
+    }
+    if status_id != 143 {
+        v["loss_reason_id"] = Value::Null;
+    }
+    Some(Change {
+        kind: "lead_status_changed",
+        before: json!([{"lead_status": {"id": old_status, "pipeline_id": old_pipeline}}]),
+        after: json!([{"lead_status": {"id": status_id, "pipeline_id": pipeline_id}}]),
+    })
+}
+
 fn responsible_change(ctx: Ctx, rng: &mut impl Rng, v: &mut Value, changes: &mut Vec<Change>) {
     let old = v["responsible_user_id"].as_i64().unwrap_or(0);
     let new = user(ctx, rng);
@@ -836,7 +868,8 @@ fn edit_lead_once(
         }
         4 => responsible_change(ctx, rng, v, changes),
         _ => {
-            let f = pick(rng, &r.fields[Entity::Leads.index()]);
+            let fields = r.fields_in_use(Entity::Leads);
+            let f = *pick(rng, &fields);
             let created = v["created_at"].as_i64().unwrap_or(now);
             set_field(
                 &mut v["custom_fields_values"],

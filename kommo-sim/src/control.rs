@@ -15,9 +15,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{Bounds, DefaultOrder, IgnoredParam, ImsMode, TieOrder};
+use crate::embeds::With;
 use crate::entity::Entity;
 use crate::faults::Fault;
 use crate::mutator::MutatorConfig;
+use crate::reference::FieldType;
 use crate::sim::{lock, Sim};
 
 /// Routes under `/_sim`.
@@ -27,6 +29,8 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/counters", get(counters))
         .route("/_sim/counters/reset", post(reset_counters))
         .route("/_sim/dump/:entity", get(dump))
+        .route("/_sim/truth", get(truth))
+        .route("/_sim/reference", post(reference))
         .route("/_sim/clock/advance", post(advance))
         .route("/_sim/faults", post(faults).delete(clear_faults))
         .route("/_sim/ban", post(ban))
@@ -70,6 +74,8 @@ async fn health(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "race_rate": sim.race_rate(),
         "races_pending": sim.races_pending(),
         "max_page_size": sim.max_page_size(),
+        "restore_bumps_updated_at": sim.restore_bumps_updated_at(),
+        "link_bumps_updated_at": sim.link_bumps_updated_at(),
         "ban_remaining_secs": sim.ban_remaining().map(|d| d.as_secs_f64()),
         "faults_pending": lock(&sim.faults).pending(),
         "mutator": mutator,
@@ -85,16 +91,94 @@ async fn reset_counters(State(sim): State<Arc<Sim>>) -> Json<Value> {
     Json(json!({"ok": true}))
 }
 
-async fn dump(State(sim): State<Arc<Sim>>, Path(e): Path<String>) -> Response {
+/// `GET /_sim/dump/{entity}[?with=contacts,leads]`: items as a list with that `with` shows them.
+async fn dump(
+    State(sim): State<Arc<Sim>>,
+    Path(e): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let with = q.get("with").map_or(With::NONE, |w| With::from_list(w));
     match e.parse::<Entity>() {
         Ok(e) => Json(json!({
             "entity": e.as_str(),
-            "items": sim.dump(e),
+            "items": sim.dump_with(e, with),
             "deleted_ids": sim.deleted_ids(e),
+            "merged_ids": sim.merged_ids(e),
+            "restored_ids": sim.restored_ids(e),
         }))
         .into_response(),
         Err(m) => bad(m),
     }
+}
+
+/// `GET /_sim/truth`: what a client should have learned beyond the entities themselves.
+async fn truth(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let per_kind = |f: &dyn Fn(Entity) -> Value| -> Value {
+        Entity::ALL
+            .iter()
+            .map(|e| (e.as_str().to_string(), f(*e)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    Json(json!({
+        "stage_moves": sim.stage_moves(),
+        "links": sim.links(),
+        "deleted_ids": per_kind(&|e| json!(sim.deleted_ids(e))),
+        "merges": per_kind(&|e| json!(sim.merges(e))),
+        "restored_ids": per_kind(&|e| json!(sim.restored_ids(e))),
+    }))
+}
+
+/// A change to the reference data, for refresh tests run out of process.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum ReferenceReq {
+    RemoveUser {
+        id: i64,
+    },
+    RenamePipeline {
+        id: i64,
+        name: String,
+    },
+    RemoveStatus {
+        pipeline_id: i64,
+        status_id: i64,
+    },
+    AddCustomField {
+        entity: String,
+        name: String,
+        r#type: String,
+    },
+}
+
+async fn reference(State(sim): State<Arc<Sim>>, Json(r): Json<ReferenceReq>) -> Response {
+    let done = match r {
+        ReferenceReq::RemoveUser { id } => json!(sim.remove_user(id)),
+        ReferenceReq::RenamePipeline { id, name } => json!(sim.rename_pipeline(id, &name)),
+        ReferenceReq::RemoveStatus {
+            pipeline_id,
+            status_id,
+        } => json!(sim.remove_status(pipeline_id, status_id)),
+        ReferenceReq::AddCustomField {
+            entity,
+            name,
+            r#type,
+        } => {
+            let e = match entity.parse::<Entity>() {
+                Ok(e) => e,
+                Err(m) => return bad(m),
+            };
+            let t = match r#type.parse::<FieldType>() {
+                Ok(t) => t,
+                Err(m) => return bad(m),
+            };
+            match sim.add_custom_field(e, &name, t) {
+                Some(id) => return Json(json!({"ok": true, "id": id})).into_response(),
+                None => return bad("tasks have no custom fields"),
+            }
+        }
+    };
+    Json(json!({"ok": done})).into_response()
 }
 
 async fn advance(
@@ -162,6 +246,8 @@ struct SettingsReq {
     race_rate: Option<f64>,
     /// 0 removes the cap.
     max_page_size: Option<usize>,
+    restore_bumps_updated_at: Option<bool>,
+    link_bumps_updated_at: Option<bool>,
 }
 
 fn settings_json(sim: &Sim) -> Value {
@@ -175,6 +261,8 @@ fn settings_json(sim: &Sim) -> Value {
         "default_order": sim.default_order(),
         "race_rate": sim.race_rate(),
         "max_page_size": sim.max_page_size(),
+        "restore_bumps_updated_at": sim.restore_bumps_updated_at(),
+        "link_bumps_updated_at": sim.link_bumps_updated_at(),
     })
 }
 
@@ -206,6 +294,12 @@ async fn settings(State(sim): State<Arc<Sim>>, Json(s): Json<SettingsReq>) -> Js
     if let Some(n) = s.max_page_size {
         sim.set_max_page_size(Some(n));
     }
+    if let Some(b) = s.restore_bumps_updated_at {
+        sim.set_restore_bumps_updated_at(b);
+    }
+    if let Some(b) = s.link_bumps_updated_at {
+        sim.set_link_bumps_updated_at(b);
+    }
     Json(settings_json(&sim))
 }
 
@@ -221,17 +315,50 @@ async fn race(State(sim): State<Arc<Sim>>, Json(r): Json<RaceReq>) -> Json<Value
     Json(json!({"ok": true, "pending": sim.races_pending()}))
 }
 
+/// A direct change. `entity` is needed by all but link / unlink (always a lead's contact).
 #[derive(Deserialize)]
 struct MutateReq {
     op: String,
+    #[serde(default)]
     entity: String,
     #[serde(default)]
     n: usize,
     #[serde(default)]
     ids: Vec<i64>,
+    /// merge: the entity merged away and the one kept.
+    from: Option<i64>,
+    into: Option<i64>,
+    /// move: where `ids` (leads) go.
+    pipeline_id: Option<i64>,
+    status_id: Option<i64>,
+    /// link / unlink.
+    lead_id: Option<i64>,
+    contact_id: Option<i64>,
+}
+
+fn need(v: Option<i64>, name: &str) -> Result<i64, String> {
+    v.ok_or_else(|| format!("{name} is required"))
+}
+
+/// Ops that need no entity kind.
+fn mutate_links(sim: &Sim, m: &MutateReq) -> Result<Value, String> {
+    let lead = need(m.lead_id, "lead_id")?;
+    let contact = need(m.contact_id, "contact_id")?;
+    let done = if m.op == "link" {
+        sim.link(lead, contact)
+    } else {
+        sim.unlink(lead, contact)
+    };
+    Ok(json!({"ok": done, "now": sim.now()}))
 }
 
 async fn mutate(State(sim): State<Arc<Sim>>, Json(m): Json<MutateReq>) -> Response {
+    if m.op == "link" || m.op == "unlink" {
+        return match mutate_links(&sim, &m) {
+            Ok(v) => Json(v).into_response(),
+            Err(m) => bad(m),
+        };
+    }
     let e = match m.entity.parse::<Entity>() {
         Ok(e) => e,
         Err(m) => return bad(m),
@@ -247,9 +374,36 @@ async fn mutate(State(sim): State<Arc<Sim>>, Json(m): Json<MutateReq>) -> Respon
             sim.delete(e, &m.ids);
             m.ids
         }
+        "restore" => sim.restore(e, &m.ids),
+        "merge" => {
+            let (from, into) = match (need(m.from, "from"), need(m.into, "into")) {
+                (Ok(f), Ok(i)) => (f, i),
+                (Err(m), _) | (_, Err(m)) => return bad(m),
+            };
+            if sim.merge(e, from, into) {
+                vec![from]
+            } else {
+                vec![]
+            }
+        }
+        "move" => {
+            let (p, st) = match (
+                need(m.pipeline_id, "pipeline_id"),
+                need(m.status_id, "status_id"),
+            ) {
+                (Ok(p), Ok(s)) => (p, s),
+                (Err(m), _) | (_, Err(m)) => return bad(m),
+            };
+            m.ids
+                .iter()
+                .copied()
+                .filter(|&id| e == Entity::Leads && sim.move_lead(id, p, st))
+                .collect()
+        }
         other => {
             return bad(format!(
-                "unknown op {other:?}: use create, edit, bulk_edit or delete"
+                "unknown op {other:?}: use create, edit, bulk_edit, delete, restore, merge, move, \
+                 link or unlink"
             ))
         }
     };

@@ -1,10 +1,13 @@
 //! The account's event log, served by `GET /api/v4/events`.
 //!
 //! Lists never show deleted entities, so the daemon learns about deletions only from here; the
-//! log also records additions, stage moves, responsible changes and completed tasks, with the
-//! shapes Kommo uses (`value_before` / `value_after` arrays, singular `entity_type`, string ids).
+//! log also records additions, stage moves, responsible changes, completed tasks, restores,
+//! merges and link changes, with the shapes Kommo uses (`value_before` / `value_after` arrays,
+//! singular `entity_type`, string ids). Deletions, restores and merges carry empty arrays;
+//! `entity_merged` does not name the entity kept, so a client re-fetches the one named.
 
 use rand::Rng;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::entity::Entity;
@@ -46,6 +49,54 @@ impl Event {
     }
 }
 
+/// A lead's move between stages, read back from a `lead_status_changed` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageMove {
+    pub event_id: String,
+    pub lead_id: i64,
+    pub from_pipeline: i64,
+    pub from_status: i64,
+    pub to_pipeline: i64,
+    pub to_status: i64,
+    /// The event's `created_at`.
+    pub at: i64,
+    /// The event's `created_by`.
+    pub by: i64,
+}
+
+impl StageMove {
+    /// The move an event records; `None` for other events.
+    pub fn of(e: &Event) -> Option<StageMove> {
+        if e.kind != "lead_status_changed" {
+            return None;
+        }
+        let side = |v: &Value| -> Option<(i64, i64)> {
+            let s = v.get(0)?.get("lead_status")?;
+            Some((s.get("pipeline_id")?.as_i64()?, s.get("id")?.as_i64()?))
+        };
+        let (from_pipeline, from_status) = side(&e.before)?;
+        let (to_pipeline, to_status) = side(&e.after)?;
+        Some(StageMove {
+            event_id: e.id.clone(),
+            lead_id: e.entity_id,
+            from_pipeline,
+            from_status,
+            to_pipeline,
+            to_status,
+            at: e.created_at,
+            by: e.created_by,
+        })
+    }
+}
+
+/// `value_after` of `entity_linked` (and `value_before` of `entity_unlinked`): the other end.
+pub fn link_value(other: Entity, other_id: i64) -> Value {
+    json!([{"link": {"entity": {"id": other_id, "type": other.singular()}}}])
+}
+
+/// First note id: `lead_added` names the note Kommo writes for a new lead.
+const FIRST_NOTE_ID: i64 = 42_000_001;
+
 /// Filters of an events request.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -63,6 +114,8 @@ pub struct EventFilter {
 pub struct EventLog {
     events: Vec<Event>,
     next_seq: u64,
+    /// Notes written so far (`lead_added` carries a note id, not a stage).
+    notes: i64,
 }
 
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -105,6 +158,28 @@ impl EventLog {
             before,
             after,
         });
+    }
+
+    /// A fresh note id, for the note a new lead's `lead_added` event points at. Counted, not
+    /// drawn, so it does not move any random stream.
+    pub fn next_note_id(&mut self) -> i64 {
+        self.notes += 1;
+        FIRST_NOTE_ID + self.notes - 1
+    }
+
+    /// `value_after` of a new lead's `lead_added`: `[{"note": {"id": N}}]`, as Kommo sends it.
+    pub fn lead_added_value(&mut self) -> Value {
+        json!([{"note": {"id": self.next_note_id()}}])
+    }
+
+    /// Every event in insertion order.
+    pub fn all(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Every `lead_status_changed`, in insertion order.
+    pub fn stage_moves(&self) -> Vec<StageMove> {
+        self.events.iter().filter_map(StageMove::of).collect()
     }
 
     /// Number of events.

@@ -10,9 +10,11 @@
 //!   behaviours Kommo leaves open: [`Bounds`], [`IgnoredParam`] / [`Param`], [`DefaultOrder`].
 //! - [`clock`]: the sim clock (system UTC + offset, advanced by tests).
 //! - [`entity`]: [`Entity`], the four synced kinds.
-//! - [`reference`]: users, pipelines, custom field definitions and their endpoints' JSON.
+//! - [`reference`]: users, pipelines, custom field definitions, tags and their endpoints' JSON.
 //! - [`content`]: realistic entity JSON and edits; [`seed`]: the deterministic initial timeline.
 //! - [`store`]: entity version chains and delayed visibility; [`events`]: the event log.
+//! - [`links`]: lead–contact and company links; [`embeds`]: what `with=` adds to the JSON.
+//! - [`lifecycle`]: restores and merges; [`linking`]: link changes; [`stages`]: lead moves.
 //! - [`limits`]: sliding-window rate limit and ban; [`faults`]: injected failures;
 //!   [`counters`]: what was served; [`oauth`]: token grants.
 //! - [`query`]: list query parsing; [`api`]: the /api/v4 and /oauth2 surface;
@@ -24,10 +26,14 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod counters;
+pub mod embeds;
 pub mod entity;
 pub mod events;
 pub mod faults;
+pub mod lifecycle;
 pub mod limits;
+pub mod linking;
+pub mod links;
 pub mod mutator;
 pub mod oauth;
 pub mod problem;
@@ -35,6 +41,7 @@ pub mod query;
 pub mod reference;
 pub mod seed;
 pub mod sim;
+pub mod stages;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -49,9 +56,13 @@ pub use config::{
     AuthConfig, Bounds, DefaultOrder, IgnoredParam, ImsMode, Param, SimConfig, TieOrder,
 };
 pub use counters::Counters;
+pub use embeds::With;
 pub use entity::Entity;
+pub use events::{Event, StageMove};
 pub use faults::Fault;
+pub use links::{LeadContact, LinkSnapshot};
 pub use mutator::{Focus, MutatorConfig, MutatorHandle, MutatorStats};
+pub use reference::FieldType;
 pub use sim::Sim;
 
 /// The whole HTTP app for a simulator: /_sim control routes plus the counted Kommo surface.

@@ -11,12 +11,13 @@ use kommo_sim::{
 
 /// A faithful in-memory simulator of the Kommo CRM API v4 (limits included).
 ///
-/// Serves /api/v4/{leads,contacts,companies,tasks,events,account,users,...} and
-/// /oauth2/access_token like a Kommo account, plus /_sim/* control endpoints
-/// (health, counters, dump, clock, faults, ban, settings, race, mutate, mutator).
+/// Serves /api/v4/{leads,contacts,companies,tasks,events,account,users,...} (with=contacts /
+/// with=leads honoured, custom fields 50 a page, tags) and /oauth2/access_token like a Kommo
+/// account, plus /_sim/* control endpoints (health, counters, dump, truth, clock, faults, ban,
+/// settings, race, mutate, reference, mutator).
 /// Switches for what Kommo leaves undocumented (--ims-mode, --tie-order, --bounds,
-/// --ignore-param, --default-order, --race-rate, --max-page-size) let a client be tested
-/// against each way the real API may behave.
+/// --ignore-param, --default-order, --race-rate, --max-page-size, --restore-bumps-updated-at,
+/// --link-bumps-updated-at) let a client be tested against each way the real API may behave.
 /// See docs/simulator.md.
 #[derive(Parser, Debug)]
 #[command(name = "kommo-sim", version)]
@@ -106,6 +107,35 @@ struct Cli {
     /// Background mutator: kinds it touches, comma-separated (default: all four).
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Entity>())]
     mutator_kinds: Option<Vec<Entity>>,
+    /// Background mutator: share of operations that restore a deleted lead, contact or company
+    /// (a *_restored event; it reappears in lists).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    mutator_restore_ratio: f64,
+    /// Background mutator: share of operations that merge a contact or company into another
+    /// (entity_merged for the one merged away, which leaves the lists; the kept one is edited).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    mutator_merge_ratio: f64,
+    /// Background mutator: share of operations that move a lead to another stage, sometimes of
+    /// another pipeline (lead_status_changed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    mutator_move_ratio: f64,
+    /// Background mutator: share of operations that link a contact to a lead (entity_linked).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    mutator_link_ratio: f64,
+    /// Background mutator: share of operations that unlink a contact from a lead
+    /// (entity_unlinked).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    mutator_unlink_ratio: f64,
+    /// Whether restoring a deleted entity sets its updated_at to the restore time (true), or
+    /// brings it back with the updated_at it had (false: behind a client's updated_at cursor,
+    /// only the *_restored event tells).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    restore_bumps_updated_at: bool,
+    /// Whether linking or unlinking a lead's contact (and relinking by a merge) sets the lead's
+    /// updated_at to now (true), or leaves it (false: only entity_linked / entity_unlinked tell;
+    /// lists with with=contacts show the new links either way).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    link_bumps_updated_at: bool,
     /// Whether filter[updated_at|created_at][from|to] include their value: inclusive (>= from,
     /// <= to), exclusive-from (> from), exclusive-to (< to) or exclusive (both). A bare
     /// filter[updated_at]=X always means that second.
@@ -178,6 +208,8 @@ impl Cli {
             race_rate: self.race_rate,
             max_page_size: self.max_page_size.map(|n| n as usize),
             import_crowd: self.import_crowd,
+            restore_bumps_updated_at: self.restore_bumps_updated_at,
+            link_bumps_updated_at: self.link_bumps_updated_at,
             ..SimConfig::default()
         }
     }
@@ -193,6 +225,11 @@ impl Cli {
             seed: self.seed,
             focus: self.mutator_focus,
             kinds: self.mutator_kinds.clone(),
+            restore_ratio: self.mutator_restore_ratio,
+            merge_ratio: self.mutator_merge_ratio,
+            move_ratio: self.mutator_move_ratio,
+            link_ratio: self.mutator_link_ratio,
+            unlink_ratio: self.mutator_unlink_ratio,
             ..MutatorConfig::default()
         }
     }
@@ -262,8 +299,27 @@ mod tests {
         assert_eq!(cfg.race_rate, d.race_rate);
         assert_eq!(cfg.max_page_size, d.max_page_size);
         assert_eq!(cfg.import_crowd, d.import_crowd);
+        assert_eq!(cfg.restore_bumps_updated_at, d.restore_bumps_updated_at);
+        assert_eq!(cfg.link_bumps_updated_at, d.link_bumps_updated_at);
         let m = parse(&[]).unwrap().mutator_config();
         assert_eq!((m.focus, m.kinds), (Focus::Uniform, None));
+        let md = MutatorConfig::default();
+        assert_eq!(
+            [
+                m.restore_ratio,
+                m.merge_ratio,
+                m.move_ratio,
+                m.link_ratio,
+                m.unlink_ratio
+            ],
+            [
+                md.restore_ratio,
+                md.merge_ratio,
+                md.move_ratio,
+                md.link_ratio,
+                md.unlink_ratio
+            ]
+        );
     }
 
     #[test]
@@ -314,6 +370,43 @@ mod tests {
     }
 
     #[test]
+    fn event_driven_flags_parse() {
+        let cli = parse(&[
+            "--restore-bumps-updated-at",
+            "false",
+            "--link-bumps-updated-at",
+            "true",
+            "--mutator-restore-ratio",
+            "0.1",
+            "--mutator-merge-ratio",
+            "0.05",
+            "--mutator-move-ratio",
+            "0.2",
+            "--mutator-link-ratio",
+            "0.15",
+            "--mutator-unlink-ratio",
+            "0.1",
+        ])
+        .unwrap();
+        let cfg = cli.config();
+        assert!(!cfg.restore_bumps_updated_at);
+        assert!(cfg.link_bumps_updated_at);
+        let m = cli.mutator_config();
+        assert_eq!(
+            [
+                m.restore_ratio,
+                m.merge_ratio,
+                m.move_ratio,
+                m.link_ratio,
+                m.unlink_ratio
+            ],
+            [0.1, 0.05, 0.2, 0.15, 0.1]
+        );
+        assert!(parse(&["--mutator-move-ratio", "2"]).is_err());
+        assert!(parse(&["--link-bumps-updated-at", "maybe"]).is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_accepted_forms() {
         let err = |args: &[&str]| parse(args).unwrap_err().to_string();
         let e = err(&["--ignore-param", "deals:filter[id]"]);
@@ -344,6 +437,13 @@ mod tests {
             "--import-crowd",
             "--mutator-focus",
             "--mutator-kinds",
+            "--mutator-restore-ratio",
+            "--mutator-merge-ratio",
+            "--mutator-move-ratio",
+            "--mutator-link-ratio",
+            "--mutator-unlink-ratio",
+            "--restore-bumps-updated-at",
+            "--link-bumps-updated-at",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -1,5 +1,7 @@
 //! Background churn while a sync runs: creates, edits and deletes at a steady rate, plus
-//! periodic bulk edits that put many entities on one `updated_at` second.
+//! periodic bulk edits that put many entities on one `updated_at` second. On request it also
+//! restores, merges, moves leads between stages and links or unlinks contacts: the changes a
+//! client learns about from events rather than from `updated_at`.
 //!
 //! Operations are paced in real time (`ops_per_sec`) but stamped with the sim clock, so a test
 //! that advances the clock sees the churn at the new time. With [`Focus::Crowd`], edits and
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::entity::Entity;
+use crate::lifecycle;
 use crate::sim::{lock, Sim};
 
 /// Where edits and deletes pick their victims.
@@ -59,6 +62,17 @@ pub struct MutatorConfig {
     pub delete_ratio: f64,
     /// Share of single operations that create (the rest edit).
     pub create_ratio: f64,
+    /// Share that restores a deleted lead, contact or company (0 = never).
+    pub restore_ratio: f64,
+    /// Share that merges one contact or company into another (0 = never).
+    pub merge_ratio: f64,
+    /// Share that moves a lead to another stage, sometimes of another pipeline (0 = never;
+    /// edits move leads too, within their pipeline).
+    pub move_ratio: f64,
+    /// Share that links a contact to a lead (0 = never).
+    pub link_ratio: f64,
+    /// Share that unlinks a contact from a lead (0 = never).
+    pub unlink_ratio: f64,
     /// Seed of the mutator's choices.
     pub seed: u64,
     /// Where edits and deletes (single ones; bulk edits stay uniform) pick their victims.
@@ -75,6 +89,11 @@ impl Default for MutatorConfig {
             bulk_size: 1000,
             delete_ratio: 0.05,
             create_ratio: 0.3,
+            restore_ratio: 0.0,
+            merge_ratio: 0.0,
+            move_ratio: 0.0,
+            link_ratio: 0.0,
+            unlink_ratio: 0.0,
             seed: 0,
             focus: Focus::Uniform,
             kinds: None,
@@ -92,6 +111,12 @@ pub struct MutatorStats {
     pub bulk_edits: u64,
     /// Entities edited by bulk edits.
     pub bulk_edited: u64,
+    pub restores: u64,
+    pub merges: u64,
+    /// Dedicated stage moves (not those edits make).
+    pub moves: u64,
+    pub links: u64,
+    pub unlinks: u64,
 }
 
 /// A running mutator.
@@ -225,6 +250,9 @@ fn one_op(
     } else if r < cfg.delete_ratio + cfg.create_ratio {
         sim.create(e, 1);
         lock(stats).creates += 1;
+    } else if let Some(op) = event_op(cfg, r - cfg.delete_ratio - cfg.create_ratio) {
+        // Drawn only when asked for, so configurations without these draw as before.
+        event_driven(sim, op, e, kinds, rng, stats);
     } else {
         let ids = victim(rng);
         if !ids.is_empty() {
@@ -232,6 +260,138 @@ fn one_op(
             lock(stats).edits += 1;
         }
     }
+}
+
+/// Operations a client learns about from the event log rather than from `updated_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventOp {
+    Restore,
+    Merge,
+    Move,
+    Link,
+    Unlink,
+}
+
+/// The operation `r` (already past deletes and creates) falls on, if any.
+fn event_op(cfg: &MutatorConfig, r: f64) -> Option<EventOp> {
+    let mut acc = 0.0;
+    for (ratio, op) in [
+        (cfg.restore_ratio, EventOp::Restore),
+        (cfg.merge_ratio, EventOp::Merge),
+        (cfg.move_ratio, EventOp::Move),
+        (cfg.link_ratio, EventOp::Link),
+        (cfg.unlink_ratio, EventOp::Unlink),
+    ] {
+        if ratio > 0.0 {
+            acc += ratio;
+            if r < acc {
+                return Some(op);
+            }
+        }
+    }
+    None
+}
+
+/// `e` if `ok` accepts it, else a random kind of `kinds` that it accepts.
+fn kind_for(
+    e: Entity,
+    kinds: &[Entity],
+    ok: impl Fn(Entity) -> bool,
+    rng: &mut ChaCha8Rng,
+) -> Option<Entity> {
+    if ok(e) {
+        return Some(e);
+    }
+    let fit: Vec<Entity> = kinds.iter().copied().filter(|&k| ok(k)).collect();
+    (!fit.is_empty()).then(|| fit[rng.gen_range(0..fit.len())])
+}
+
+fn event_driven(
+    sim: &Sim,
+    op: EventOp,
+    e: Entity,
+    kinds: &[Entity],
+    rng: &mut ChaCha8Rng,
+    stats: &Mutex<MutatorStats>,
+) {
+    let done = match op {
+        EventOp::Restore => kind_for(e, kinds, lifecycle::restorable, rng)
+            .and_then(|k| Some((k, sim.random_deleted_id(k, rng)?)))
+            .is_some_and(|(k, id)| !sim.restore(k, &[id]).is_empty()),
+        EventOp::Merge => kind_for(e, kinds, lifecycle::mergeable, rng).is_some_and(|k| match sim
+            .random_live_ids(k, 2, rng)
+            .as_slice()
+        {
+            &[a, b] => {
+                let (from, into) = if rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+                sim.merge(k, from, into)
+            }
+            _ => false,
+        }),
+        EventOp::Move => kinds.contains(&Entity::Leads) && random_move(sim, rng),
+        EventOp::Link => {
+            kinds.contains(&Entity::Leads)
+                && match (
+                    sim.random_live_ids(Entity::Leads, 1, rng).first(),
+                    sim.random_live_ids(Entity::Contacts, 1, rng).first(),
+                ) {
+                    (Some(&lead), Some(&contact)) => sim.link(lead, contact),
+                    _ => false,
+                }
+        }
+        EventOp::Unlink => {
+            kinds.contains(&Entity::Leads)
+                && sim
+                    .random_lead_contact(rng)
+                    .is_some_and(|(lead, contact)| sim.unlink(lead, contact))
+        }
+    };
+    if done {
+        let mut s = lock(stats);
+        match op {
+            EventOp::Restore => s.restores += 1,
+            EventOp::Merge => s.merges += 1,
+            EventOp::Move => s.moves += 1,
+            EventOp::Link => s.links += 1,
+            EventOp::Unlink => s.unlinks += 1,
+        }
+    }
+}
+
+/// Moves a random lead to another stage: of its own pipeline mostly, of another one in a
+/// quarter of the moves (when the account has several).
+fn random_move(sim: &Sim, rng: &mut ChaCha8Rng) -> bool {
+    let Some(&lead) = sim.random_live_ids(Entity::Leads, 1, rng).first() else {
+        return false;
+    };
+    let Some((pipeline, status)) = sim.stage_of(lead) else {
+        return false;
+    };
+    let r = sim.reference();
+    let others: Vec<i64> = r
+        .pipelines
+        .iter()
+        .map(|p| p.id)
+        .filter(|&p| p != pipeline)
+        .collect();
+    let target = if !others.is_empty() && (r.pipeline(pipeline).is_none() || rng.gen_bool(0.25)) {
+        others[rng.gen_range(0..others.len())]
+    } else {
+        pipeline
+    };
+    let Some(p) = r.pipeline(target) else {
+        return false;
+    };
+    let stages: Vec<i64> = p
+        .statuses
+        .iter()
+        .map(|s| s.id)
+        .filter(|&s| target != pipeline || s != status)
+        .collect();
+    if stages.is_empty() {
+        return false;
+    }
+    sim.move_lead(lead, target, stages[rng.gen_range(0..stages.len())])
 }
 
 /// `Option<Duration>` as (fractional) seconds in JSON.

@@ -18,6 +18,8 @@ use crate::store::{ListFilter, SortField};
 pub const MAX_LIMIT: i64 = 250;
 /// Events: the largest limit that works; above it Kommo silently serves 50.
 pub const EVENTS_MAX_LIMIT: i64 = 100;
+/// Custom field definitions: at most this many a page; a larger limit silently gives it.
+pub const CUSTOM_FIELDS_MAX_LIMIT: i64 = 50;
 
 /// Decoded `key=value` pairs in request order.
 pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -209,6 +211,22 @@ pub fn paging(pairs: &[(String, String)], max_limit: i64) -> Result<Paging, Inva
         }
     }
     Ok(p)
+}
+
+/// `page` and `limit` where any valid `limit` above `cap` silently becomes `cap` (Kommo's custom
+/// field definitions). `limit` below 1 or not a number is still a 400.
+pub fn capped_paging(pairs: &[(String, String)], cap: i64) -> Result<Paging, Invalid> {
+    let capped: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| {
+            if k == "limit" && v.trim().parse::<i64>().is_ok_and(|l| l > cap) {
+                (k.clone(), cap.to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    paging(&capped, cap)
 }
 
 /// Splits `filter[FIELD][SUB]` into (FIELD, Some(SUB)) or `filter[FIELD]` into (FIELD, None).

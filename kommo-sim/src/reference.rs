@@ -2,11 +2,32 @@
 //! tags, task types and custom field definitions, plus their JSON for the reference endpoints.
 //!
 //! It is fixed (not seeded) so that ids the daemon stores in reference tables stay the same from
-//! run to run; the seeded data only picks among them.
+//! run to run; the seeded data only picks among them. Tests may still change it while the
+//! account runs (remove a user, rename a pipeline, drop a stage, add a field definition), to
+//! exercise a client's reference refresh; [`crate::Sim`] keeps it behind a lock for that.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
 use crate::entity::Entity;
+
+/// Id of the integration robot, the last seeded user: it creates but is never responsible.
+pub const ROBOT_USER_ID: i64 = 8_210_010;
+
+/// A name given at run time, kept for the life of the process like the built-in `&'static str`
+/// names beside it. Each distinct name is stored once, so renaming back and forth does not grow.
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = names.get(name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.insert(n);
+    n
+}
 
 /// A user of the account.
 #[derive(Clone, Debug)]
@@ -55,6 +76,19 @@ pub enum FieldType {
 }
 
 impl FieldType {
+    /// Every type, in the order errors list them.
+    pub const ALL: [FieldType; 9] = [
+        FieldType::Text,
+        FieldType::Textarea,
+        FieldType::Numeric,
+        FieldType::Select,
+        FieldType::Multiselect,
+        FieldType::Date,
+        FieldType::Checkbox,
+        FieldType::Multitext,
+        FieldType::Url,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FieldType::Text => "text",
@@ -67,6 +101,20 @@ impl FieldType {
             FieldType::Multitext => "multitext",
             FieldType::Url => "url",
         }
+    }
+}
+
+impl std::str::FromStr for FieldType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        FieldType::ALL
+            .into_iter()
+            .find(|f| f.as_str() == t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FieldType::ALL.iter().map(|f| f.as_str()).collect();
+                format!("unknown field type {s:?} (expected {})", names.join(", "))
+            })
     }
 }
 
@@ -87,8 +135,17 @@ pub struct FieldDef {
     pub ftype: FieldType,
     pub enums: Vec<EnumOpt>,
     pub sort: i64,
-    /// Share of entities that carry a value for this field (realistic sparsity).
+    /// Share of entities that carry a value for this field (realistic sparsity). 0 = a
+    /// definition no entity uses: generation skips it before drawing anything, so adding such
+    /// definitions leaves the seeded entities byte-identical.
     pub presence: f64,
+}
+
+impl FieldDef {
+    /// Whether generated entities may carry a value for this field.
+    pub fn in_use(&self) -> bool {
+        self.presence > 0.0
+    }
 }
 
 /// A tag.
@@ -205,6 +262,154 @@ fn pipeline(
         sort,
         is_main: sort == 1,
         statuses,
+    }
+}
+
+/// Lead fields an account accumulates over the years (tracking, billing, old campaigns) and no
+/// seeded lead fills in (presence 0). They take the definitions past 50, Kommo's page size for
+/// `/custom_fields`, so that a client must page them.
+const UNUSED_LEAD_FIELDS: &[(&str, Option<&str>, FieldType, &[&str])] = {
+    use FieldType::*;
+    &[
+        ("utm_medium", Some("UTM_MEDIUM"), Text, &[]),
+        ("utm_campaign", Some("UTM_CAMPAIGN"), Text, &[]),
+        ("utm_term", Some("UTM_TERM"), Text, &[]),
+        ("utm_content", Some("UTM_CONTENT"), Text, &[]),
+        ("utm_referrer", Some("UTM_REFERRER"), Text, &[]),
+        ("gclid", Some("GCLID"), Text, &[]),
+        ("fbclid", Some("FBCLID"), Text, &[]),
+        ("Referrer", None, Url, &[]),
+        ("Landing page", None, Url, &[]),
+        ("Campaign", None, Text, &[]),
+        ("Delivery date", None, Date, &[]),
+        ("Invoice number", None, Text, &[]),
+        ("Discount, %", None, Numeric, &[]),
+        (
+            "Payment method",
+            None,
+            Select,
+            &["Card", "Bank transfer", "Cash", "Boleto"],
+        ),
+        ("Contract number", None, Text, &[]),
+        (
+            "Region",
+            None,
+            Select,
+            &["North", "South", "East", "West", "Central"],
+        ),
+        ("Expected close", None, Date, &[]),
+        ("Probability, %", None, Numeric, &[]),
+        ("Competitor", None, Text, &[]),
+        ("Decision maker reached", None, Checkbox, &[]),
+        ("Trial requested", None, Checkbox, &[]),
+        ("Seats", None, Numeric, &[]),
+        ("Plan", None, Select, &["Basic", "Pro", "Enterprise"]),
+        (
+            "Billing period",
+            None,
+            Select,
+            &["Monthly", "Quarterly", "Yearly"],
+        ),
+        ("Currency", None, Select, &["USD", "EUR", "BRL", "MXN"]),
+        ("Tax id", None, Text, &[]),
+        ("PO number", None, Text, &[]),
+        ("Shipping address", None, Textarea, &[]),
+        ("Delivery notes", None, Textarea, &[]),
+        ("Follow-up date", None, Date, &[]),
+        ("Meeting date", None, Date, &[]),
+        ("Demo done", None, Checkbox, &[]),
+        ("Onboarding done", None, Checkbox, &[]),
+        ("NPS", None, Numeric, &[]),
+        ("Upsell potential", None, Select, &["Low", "Medium", "High"]),
+        (
+            "Company size",
+            None,
+            Select,
+            &["1-10", "11-50", "51-200", "201-1000", "1000+"],
+        ),
+        ("Lead score", None, Numeric, &[]),
+        ("Source detail", None, Text, &[]),
+        ("Partner", None, Text, &[]),
+        ("Partner commission", None, Numeric, &[]),
+        ("Renewal date", None, Date, &[]),
+        ("Contract end", None, Date, &[]),
+        (
+            "Support tier",
+            None,
+            Select,
+            &["Standard", "Priority", "Dedicated"],
+        ),
+        (
+            "Integrations needed",
+            None,
+            Multiselect,
+            &["ERP", "E-commerce", "Telephony", "BI"],
+        ),
+        (
+            "Languages",
+            None,
+            Multiselect,
+            &["English", "Spanish", "Portuguese"],
+        ),
+        (
+            "Interests",
+            None,
+            Multiselect,
+            &["Pricing", "Features", "Security", "Support"],
+        ),
+        ("Call recording", None, Url, &[]),
+        ("Proposal link", None, Url, &[]),
+        ("Internal comment", None, Textarea, &[]),
+        ("Approval required", None, Checkbox, &[]),
+        ("Approved by", None, Text, &[]),
+        ("Budget confirmed", None, Checkbox, &[]),
+        (
+            "Delivery slot",
+            None,
+            Select,
+            &["Morning", "Afternoon", "Evening"],
+        ),
+        (
+            "Warehouse",
+            None,
+            Select,
+            &["São Paulo", "Bogotá", "Monterrey"],
+        ),
+        ("Project code", None, Text, &[]),
+        ("Old CRM id", None, Numeric, &[]),
+    ]
+};
+
+/// First id of the unused lead fields (after the 7 fields in use).
+const UNUSED_LEAD_FIELD_ID: i64 = 1_100_008;
+
+fn unused_lead_fields() -> Vec<FieldDef> {
+    UNUSED_LEAD_FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, code, ftype, values))| {
+            let i = i as i64;
+            field(
+                UNUSED_LEAD_FIELD_ID + i,
+                name,
+                code,
+                ftype,
+                enums(1_201_001 + 20 * i, values),
+                507 + i,
+                0.0,
+            )
+        })
+        .collect()
+}
+
+/// Enum options of a field added at run time: a few neutral options where the type needs them.
+fn default_enums(first_id: i64, ftype: FieldType) -> Vec<EnumOpt> {
+    match ftype {
+        FieldType::Select | FieldType::Multiselect => {
+            enums(first_id, &["Option 1", "Option 2", "Option 3"])
+        }
+        FieldType::Multitext => enums(first_id, &["WORK", "PRIV", "OTHER"]),
+        _ => vec![],
     }
 }
 
@@ -349,6 +554,8 @@ impl Reference {
                 0.3,
             ),
         ];
+        let mut leads_fields = leads_fields;
+        leads_fields.extend(unused_lead_fields());
         let phone = |id, enum_first| {
             field(
                 id,
@@ -499,6 +706,91 @@ impl Reference {
                 vec![],
             ],
         }
+    }
+
+    /// Custom field definitions of a kind that generated entities fill in (presence > 0), in
+    /// definition order.
+    pub fn fields_in_use(&self, e: Entity) -> Vec<&FieldDef> {
+        self.fields[e.index()]
+            .iter()
+            .filter(|f| f.in_use())
+            .collect()
+    }
+
+    /// Users who do the work: everyone but the integration robot (everyone, if only it is left).
+    pub fn people(&self) -> &[User] {
+        match self.users.split_last() {
+            Some((last, rest)) if last.id == ROBOT_USER_ID && !rest.is_empty() => rest,
+            _ => &self.users,
+        }
+    }
+
+    /// Removes a user (entities keep pointing at it, as on Kommo after a user is deleted); false
+    /// when unknown or the last one (an account always has a user).
+    pub fn remove_user(&mut self, id: i64) -> bool {
+        if self.users.len() <= 1 {
+            return false;
+        }
+        let before = self.users.len();
+        self.users.retain(|u| u.id != id);
+        self.users.len() != before
+    }
+
+    /// Renames a pipeline; false when unknown.
+    pub fn rename_pipeline(&mut self, id: i64, name: &str) -> bool {
+        match self.pipelines.iter_mut().find(|p| p.id == id) {
+            Some(p) => {
+                p.name = intern(name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a stage from a pipeline (leads in it keep its id). False when either is unknown,
+    /// or for 142 and 143: every pipeline keeps its won and lost stages, as on Kommo.
+    pub fn remove_status(&mut self, pipeline_id: i64, status_id: i64) -> bool {
+        if status_id == 142 || status_id == 143 {
+            return false;
+        }
+        let Some(p) = self.pipelines.iter_mut().find(|p| p.id == pipeline_id) else {
+            return false;
+        };
+        let before = p.statuses.len();
+        p.statuses.retain(|s| s.id != status_id);
+        p.statuses.len() != before
+    }
+
+    /// Adds a custom field definition to a kind (not tasks) and returns its id. No entity
+    /// carries a value for it (presence 0), so generation is unaffected.
+    pub fn add_custom_field(&mut self, e: Entity, name: &str, ftype: FieldType) -> Option<i64> {
+        if e == Entity::Tasks {
+            return None;
+        }
+        let all = self.fields.iter().flatten();
+        let id = all.clone().map(|f| f.id).max().unwrap_or(1_100_000) + 1;
+        let enum_first = all
+            .flat_map(|f| f.enums.iter().map(|o| o.id))
+            .max()
+            .unwrap_or(1_200_000)
+            + 1;
+        let sort = self.fields[e.index()]
+            .iter()
+            .map(|f| f.sort)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let def = field(
+            id,
+            intern(name),
+            None,
+            ftype,
+            default_enums(enum_first, ftype),
+            sort,
+            0.0,
+        );
+        self.fields[e.index()].push(def);
+        Some(id)
     }
 
     /// The group a user belongs to.
@@ -661,15 +953,24 @@ impl Reference {
             .collect()
     }
 
+    /// Tags of one kind as `GET /api/v4/{entity}/tags` items.
+    pub fn tags_json(&self, e: Entity) -> Vec<Value> {
+        self.tags[e.index()]
+            .iter()
+            .map(|t| json!({"id": t.id, "name": t.name, "color": t.color}))
+            .collect()
+    }
+
     /// Loss reasons as `GET /api/v4/leads/loss_reasons` items.
-    pub fn loss_reasons_json(&self, base: &str, now: i64) -> Vec<Value> {
+    /// Dated from `anchor` (the seeded timeline's now), the same on every request.
+    pub fn loss_reasons_json(&self, base: &str, anchor: i64) -> Vec<Value> {
         self.loss_reasons
             .iter()
             .enumerate()
             .map(|(i, (id, name))| {
                 json!({
                     "id": id, "name": name, "sort": 100_000 + i as i64 * 100,
-                    "created_at": now - 400 * 86_400, "updated_at": now - 400 * 86_400,
+                    "created_at": anchor - 400 * 86_400, "updated_at": anchor - 400 * 86_400,
                     "_links": {"self": {"href": format!("{base}/api/v4/leads/loss_reasons/{id}")}}
                 })
             })

@@ -139,9 +139,9 @@ fn timeline(
     }
 }
 
-/// (created_at, kind index, id, created_by, lead (status_id, pipeline_id)) of a seeded entity,
-/// kept small for the creation events.
-type Added = (i64, usize, i64, i64, Option<(i64, i64)>);
+/// (created_at, kind index, id, created_by) of a seeded entity, kept small for the creation
+/// events.
+type Added = (i64, usize, i64, i64);
 
 /// Generates the initial account content, handing each entity to `sink` as soon as it is built
 /// (so a large account never holds all of them as JSON trees at once), and returns the events
@@ -186,27 +186,23 @@ pub fn generate(
             } else if let Some(till) = closest.get(&(e.as_str(), t.ids[i])) {
                 v["closest_task_at"] = json!(till);
             }
-            let status = (e == Entity::Leads).then(|| {
-                (
-                    v["status_id"].as_i64().unwrap_or(0),
-                    v["pipeline_id"].as_i64().unwrap_or(0),
-                )
-            });
             let by = v["created_by"].as_i64().unwrap_or(0);
-            added.push((t.created[i], e.index(), t.ids[i], by, status));
+            added.push((t.created[i], e.index(), t.ids[i], by));
             sink(e, v);
         }
     }
 
-    // Creation events, oldest first.
+    // Creation events, oldest first. Every lead's `lead_added` names its note, as on Kommo
+    // (not its stage: a client learns stages from the lead itself).
     added.sort_unstable();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xE7E7);
     let mut events = EventLog::default();
-    for (created_at, ei, id, by, status) in added {
+    for (created_at, ei, id, by) in added {
         let e = Entity::ALL[ei];
-        let after = match status {
-            Some((sid, pid)) => json!([{"lead_status": {"id": sid, "pipeline_id": pid}}]),
-            None => json!([]),
+        let after = if e == Entity::Leads {
+            events.lead_added_value()
+        } else {
+            json!([])
         };
         let kind = format!("{}_added", e.singular());
         events.push(&mut rng, &kind, e, id, by, created_at, json!([]), after);

@@ -4,8 +4,8 @@
 //! `.await`), so the HTTP layer, the mutator and test code can act on the account concurrently.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use rand::seq::index::sample;
@@ -17,37 +17,128 @@ use crate::clock::SimClock;
 use crate::config::{Bounds, DefaultOrder, IgnoredParam, ImsMode, SimConfig, TieOrder};
 use crate::content::{self, Ctx, LinkPool};
 use crate::counters::{CounterState, Counters};
+use crate::embeds::{self, With};
 use crate::entity::Entity;
-use crate::events::EventLog;
+use crate::events::{Event, EventLog};
 use crate::faults::{Fault, FaultQueue};
 use crate::limits::{LimitConfig, Limiter};
+use crate::links::{embedded_ids, Links};
 use crate::mutator::{MutatorConfig, MutatorHandle};
 use crate::oauth::OAuth;
 use crate::query::ListRules;
-use crate::reference::Reference;
+use crate::reference::{FieldType, Reference};
 use crate::seed;
 use crate::store::{ListFilter, Store, Version};
 
-/// Entities, events, the random source that edits them, and the queued racing edits (kept
-/// here so that a list page picks, races and renders under one lock).
+/// Entities, their links, events, the random source that edits them, and the queued racing
+/// edits (kept here so that a list page picks, races and renders under one lock).
 pub(crate) struct Data {
     pub store: Store,
+    pub links: Links,
     pub events: EventLog,
     pub rng: ChaCha8Rng,
     pub races: RaceQueue,
 }
 
 impl Data {
+    fn new(seed: u64) -> Data {
+        Data {
+            store: Store::default(),
+            links: Links::default(),
+            events: EventLog::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_ED17),
+            races: RaceQueue::default(),
+        }
+    }
+
+    /// Stores a version of an entity from its whole JSON. The `_embedded` lists Kommo sends only
+    /// on request are taken out first: with `links_from_json`, a lead's `contacts` become its
+    /// links (new and verbatim entities); otherwise its links stay as they are (edits). Company
+    /// links stay in the JSON and are mirrored into the link index.
+    pub(crate) fn put_value(
+        &mut self,
+        e: Entity,
+        mut v: Value,
+        now: i64,
+        delay: i64,
+        links_from_json: bool,
+    ) -> Option<i64> {
+        let mut contacts = None;
+        if let Some(emb) = v.get_mut("_embedded").and_then(Value::as_object_mut) {
+            for key in embeds::optional_keys(e) {
+                let list = emb.remove(*key);
+                if e == Entity::Leads {
+                    contacts = list;
+                }
+            }
+        }
+        let ver = Version::from_value(&v, now)?;
+        let id = ver.id;
+        if links_from_json && e == Entity::Leads {
+            let pairs = contacts
+                .as_ref()
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| {
+                            Some((
+                                c.get("id")?.as_i64()?,
+                                c["is_main"].as_bool().unwrap_or(false),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.links.set_lead_contacts(id, pairs);
+        }
+        self.links
+            .set_companies(e, id, embedded_ids(&v, "companies"));
+        self.store.put(e, ver, now, delay);
+        Some(id)
+    }
+
+    /// The JSON of a version with the optional lists `with` asks for.
+    pub(crate) fn render(&self, e: Entity, v: &Version, with: With, base: &str) -> Arc<str> {
+        let store = &self.store;
+        embeds::render(v, e, with, &self.links, |k, id| store.contains(k, id), base)
+    }
+
+    /// Someone of the account, for who did a change (the robot included, as for deletions).
+    pub(crate) fn someone(&mut self, r: &Reference) -> i64 {
+        if r.users.is_empty() {
+            return 0;
+        }
+        r.users[self.rng.gen_range(0..r.users.len())].id
+    }
+
+    /// Gives a live entity a new `updated_at` (and `updated_by`) without changing its content.
+    pub(crate) fn touch(&mut self, e: Entity, id: i64, by: i64, now: i64, delay: i64) {
+        let Some(cur) = self.store.newest(e, id) else {
+            return;
+        };
+        let mut v = cur.value();
+        v["updated_at"] = json!(now);
+        v["updated_by"] = json!(by);
+        self.put_value(e, v, now, delay, false);
+    }
+
     /// Edits one live entity at `now` (content, `updated_at`, events); false when not live.
-    fn edit_one(&mut self, ctx: Ctx, entity: Entity, id: i64, now: i64, delay: i64) -> bool {
+    pub(crate) fn edit_one(
+        &mut self,
+        ctx: Ctx,
+        entity: Entity,
+        id: i64,
+        now: i64,
+        delay: i64,
+    ) -> bool {
         let Some(cur) = self.store.newest(entity, id) else {
             return false;
         };
         let mut v = cur.value();
         let changes = content::edit(entity, ctx, &mut self.rng, &mut v, now);
         let by = v["updated_by"].as_i64().unwrap_or(0);
-        let ver = Version::from_value(&v, now).expect("edited entity has an id");
-        self.store.put(entity, ver, now, delay);
+        self.put_value(entity, v, now, delay, false)
+            .expect("edited entity has an id");
         for c in changes {
             self.events.push(
                 &mut self.rng,
@@ -103,8 +194,13 @@ pub(crate) struct ListPage {
 /// One simulated Kommo account.
 pub struct Sim {
     pub(crate) cfg: SimConfig,
+    /// "Now" of the seeded timeline: reference data is dated from it, so that it reads the
+    /// same on every request.
+    pub(crate) anchor: i64,
     pub(crate) base_url: String,
-    pub(crate) reference: Reference,
+    /// Swapped whole when a test changes it, so readers take a cheap snapshot and never hold
+    /// the lock while they work (and never alongside `data`).
+    reference: RwLock<Arc<Reference>>,
     pub(crate) clock: SimClock,
     pub(crate) data: Mutex<Data>,
     pub(crate) limiter: Mutex<Limiter>,
@@ -118,6 +214,8 @@ pub struct Sim {
     race_rate: Mutex<f64>,
     visibility_delay: AtomicI64,
     latency_nanos: AtomicU64,
+    restore_bumps: AtomicBool,
+    link_bumps: AtomicBool,
     /// The mutator started through `/_sim/mutator/start`.
     pub(crate) control_mutator: tokio::sync::Mutex<Option<MutatorHandle>>,
     /// Flips to `true` when the server stops; releases requests held by `Timeout` faults.
@@ -133,13 +231,13 @@ impl Sim {
     /// Builds and seeds an account whose links point at `base_url` (no server is started).
     pub fn new(cfg: SimConfig, base_url: &str) -> Arc<Sim> {
         let clock = SimClock::new(cfg.clock_offset_secs);
-        let reference = Reference::new(cfg.account_id);
+        let reference = Arc::new(Reference::new(cfg.account_id));
         let anchor = cfg.seed_now.unwrap_or_else(|| clock.now());
         let base = base_url.trim_end_matches('/').to_string();
         let now = clock.now();
         let delay = cfg.visibility_delay_secs;
-        let mut store = Store::default();
-        let events = seed::generate(
+        let mut data = Data::new(cfg.seed);
+        data.events = seed::generate(
             Ctx {
                 reference: &reference,
                 base: &base,
@@ -150,18 +248,14 @@ impl Sim {
             cfg.history_days,
             cfg.import_crowd,
             |e, v| {
-                let ver = Version::from_value(&v, now).expect("seeded entity has an id");
-                store.put(e, ver, now, delay);
+                data.put_value(e, v, now, delay, true)
+                    .expect("seeded entity has an id");
             },
         );
         let (tx, _) = tokio::sync::watch::channel(false);
         Arc::new(Sim {
-            data: Mutex::new(Data {
-                store,
-                events,
-                rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005E_ED0F_ED17),
-                races: RaceQueue::default(),
-            }),
+            anchor,
+            data: Mutex::new(data),
             limiter: Mutex::new(Limiter::default()),
             counters: Mutex::new(CounterState::default()),
             faults: Mutex::new(FaultQueue::default()),
@@ -177,10 +271,12 @@ impl Sim {
             race_rate: Mutex::new(clamp_rate(cfg.race_rate)),
             visibility_delay: AtomicI64::new(cfg.visibility_delay_secs),
             latency_nanos: AtomicU64::new(cfg.latency.as_nanos() as u64),
+            restore_bumps: AtomicBool::new(cfg.restore_bumps_updated_at),
+            link_bumps: AtomicBool::new(cfg.link_bumps_updated_at),
             control_mutator: tokio::sync::Mutex::new(None),
             shutdown: tx,
             base_url: base,
-            reference,
+            reference: RwLock::new(reference),
             clock,
             cfg,
         })
@@ -216,13 +312,34 @@ impl Sim {
         self.clock.advance(secs);
     }
 
-    /// Newest version of every live entity, sorted by id, as lists serialize it once visible.
+    /// Newest version of every live entity, sorted by id, as lists serialize it once visible:
+    /// leads with their `_embedded.contacts` (as `with=contacts` lists them), contacts and
+    /// companies without the optional `leads` / `contacts` (as lists without `with` do). That
+    /// is the shape dumps always had; [`Sim::dump_with`] chooses the embeds.
     pub fn dump(&self, entity: Entity) -> Vec<Value> {
-        lock(&self.data)
-            .store
+        let with = match entity {
+            Entity::Leads => With::from_list("contacts"),
+            _ => With::NONE,
+        };
+        self.dump_with(entity, with)
+    }
+
+    /// Like [`Sim::dump`], as a list with `with` serializes it (e.g. `With::from_list("contacts")`
+    /// adds each lead's `_embedded.contacts`).
+    pub fn dump_with(&self, entity: Entity, with: With) -> Vec<Value> {
+        let d = lock(&self.data);
+        d.store
             .newest_all(entity)
-            .map(Version::value)
+            .map(|v| {
+                serde_json::from_str(&d.render(entity, v, with, &self.base_url))
+                    .expect("rendered JSON parses")
+            })
             .collect()
+    }
+
+    /// Every event so far, in the order they were logged.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.data).events.all().to_vec()
     }
 
     /// Ids deleted so far, ascending.
@@ -383,29 +500,34 @@ impl Sim {
         self.limit_config()
     }
 
-    fn ctx(&self) -> Ctx<'_> {
+    pub(crate) fn ctx<'a>(&'a self, reference: &'a Reference) -> Ctx<'a> {
         Ctx {
-            reference: &self.reference,
+            reference,
             base: &self.base_url,
         }
     }
 
     /// Inserts or replaces an entity verbatim; `updated_at` (and visibility) come from the value.
+    /// The `_embedded` lists Kommo returns only on request are the exception: a lead's
+    /// `contacts` become its links (none if absent), and contacts' and companies' `leads` /
+    /// `contacts` are dropped (they follow from the leads' links).
     ///
     /// # Panics
     /// When the value has no integer `id`.
     pub fn put_raw(&self, entity: Entity, value: Value) {
         let now = self.now();
-        let ver = Version::from_value(&value, now).expect("put_raw needs an integer \"id\"");
         let delay = self.visibility_delay();
-        lock(&self.data).store.put(entity, ver, now, delay);
+        lock(&self.data)
+            .put_value(entity, value, now, delay, true)
+            .expect("put_raw needs an integer \"id\"");
     }
 
     /// Creates `n` entities at sim now; returns their ids (ascending).
     pub fn create(&self, entity: Entity, n: usize) -> Vec<i64> {
         let now = self.now();
         let delay = self.visibility_delay();
-        let ctx = self.ctx();
+        let r = self.reference();
+        let ctx = self.ctx(&r);
         let mut guard = lock(&self.data);
         let d = &mut *guard;
         let mut out = Vec::with_capacity(n);
@@ -427,13 +549,13 @@ impl Sim {
             };
             let v = content::make(entity, ctx, &mut d.rng, id, now, now, pool);
             let after = if entity == Entity::Leads {
-                json!([{"lead_status": {"id": v["status_id"], "pipeline_id": v["pipeline_id"]}}])
+                d.events.lead_added_value()
             } else {
                 json!([])
             };
             let by = v["created_by"].as_i64().unwrap_or(0);
-            let ver = Version::from_value(&v, now).expect("generated entity has an id");
-            d.store.put(entity, ver, now, delay);
+            d.put_value(entity, v, now, delay, true)
+                .expect("generated entity has an id");
             let kind = format!("{}_added", entity.singular());
             d.events
                 .push(&mut d.rng, &kind, entity, id, by, now, json!([]), after);
@@ -446,7 +568,8 @@ impl Sim {
     pub fn edit(&self, entity: Entity, ids: &[i64]) {
         let now = self.now();
         let delay = self.visibility_delay();
-        let ctx = self.ctx();
+        let r = self.reference();
+        let ctx = self.ctx(&r);
         let mut d = lock(&self.data);
         for &id in ids {
             d.edit_one(ctx, entity, id, now, delay);
@@ -472,15 +595,16 @@ impl Sim {
     }
 
     /// Deletes live entities (unknown ids are skipped); they vanish from lists at once and get a
-    /// `*_deleted` event.
+    /// `*_deleted` event with empty value arrays. Their links are kept (hidden while they are
+    /// gone), so a restore brings them back.
     pub fn delete(&self, entity: Entity, ids: &[i64]) {
         let now = self.now();
-        let people: Vec<i64> = self.reference.users.iter().map(|u| u.id).collect();
+        let r = self.reference();
         let mut guard = lock(&self.data);
         let d = &mut *guard;
         for &id in ids {
             if d.store.delete(entity, id, now).is_some() {
-                let by = people[d.rng.gen_range(0..people.len())];
+                let by = d.someone(&r);
                 let kind = format!("{}_deleted", entity.singular());
                 d.events
                     .push(&mut d.rng, &kind, entity, id, by, now, json!([]), json!([]));
@@ -528,6 +652,7 @@ impl Sim {
         &self,
         entity: Entity,
         f: &ListFilter,
+        with: With,
         offset: usize,
         limit: usize,
     ) -> ListPage {
@@ -535,14 +660,19 @@ impl Sim {
         let delay = self.visibility_delay();
         let tie = self.tie_order();
         let rate = self.race_rate();
-        let ctx = self.ctx();
+        let r = self.reference();
+        let ctx = self.ctx(&r);
+        let base = self.base_url.as_str();
         let mut guard = lock(&self.data);
         let d = &mut *guard;
         let mut rng = rand::thread_rng();
         let page = d
             .store
             .list_versions(entity, f, now, delay, tie, &mut rng, offset, limit);
-        let mut items: Vec<Arc<str>> = page.iter().map(|v| v.raw.clone()).collect();
+        let mut items: Vec<Arc<str>> = page
+            .iter()
+            .map(|v| d.render(entity, v, with, base))
+            .collect();
         if page.is_empty() {
             return ListPage { items, raced: 0 };
         }
@@ -558,12 +688,20 @@ impl Sim {
             let id = page[pos].id;
             if d.edit_one(ctx, entity, id, now, delay) {
                 if let Some(v) = d.store.newest(entity, id) {
-                    items[pos] = v.raw.clone();
+                    items[pos] = d.render(entity, v, with, base);
                     raced = 1;
                 }
             }
         }
         ListPage { items, raced }
+    }
+
+    /// `GET /api/v4/{entity}/{id}`: the newest version of a live entity (visible or not, as
+    /// before), with the lists `with` asks for.
+    pub(crate) fn one(&self, entity: Entity, id: i64, with: With) -> Option<Arc<str>> {
+        let d = lock(&self.data);
+        let v = d.store.newest(entity, id)?;
+        Some(d.render(entity, v, with, &self.base_url))
     }
 
     /// Starts a background task that creates, edits and deletes entities.
@@ -574,6 +712,65 @@ impl Sim {
     /// Number of events in the log.
     pub fn event_count(&self) -> usize {
         lock(&self.data).events.len()
+    }
+
+    /// The account's reference data as it is now (a snapshot: later changes do not show in it).
+    pub fn reference(&self) -> Arc<Reference> {
+        self.reference
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes the reference data: on a copy, swapped in whole, so a request in flight keeps a
+    /// consistent snapshot.
+    fn change_reference<T>(&self, f: impl FnOnce(&mut Reference) -> T) -> T {
+        let mut guard = self.reference.write().unwrap_or_else(|e| e.into_inner());
+        f(Arc::make_mut(&mut guard))
+    }
+
+    /// Removes a user from `/api/v4/users` (entities keep its id; it takes no new work). False
+    /// when unknown or the account's last user.
+    pub fn remove_user(&self, id: i64) -> bool {
+        self.change_reference(|r| r.remove_user(id))
+    }
+
+    /// Renames a pipeline in `/api/v4/leads/pipelines`; false when unknown.
+    pub fn rename_pipeline(&self, id: i64, name: &str) -> bool {
+        self.change_reference(|r| r.rename_pipeline(id, name))
+    }
+
+    /// Removes a stage from a pipeline (leads on it keep its id); false when unknown, and for
+    /// 142 / 143, which every pipeline keeps.
+    pub fn remove_status(&self, pipeline_id: i64, status_id: i64) -> bool {
+        self.change_reference(|r| r.remove_status(pipeline_id, status_id))
+    }
+
+    /// Adds a custom field definition to `/api/v4/{entity}/custom_fields` and returns its id
+    /// (`None` for tasks, which have none). No entity gets a value for it.
+    pub fn add_custom_field(&self, entity: Entity, name: &str, ftype: FieldType) -> Option<i64> {
+        self.change_reference(|r| r.add_custom_field(entity, name, ftype))
+    }
+
+    /// Whether a restore sets the entity's `updated_at` to now from now on.
+    pub fn set_restore_bumps_updated_at(&self, bump: bool) {
+        self.restore_bumps.store(bump, Ordering::SeqCst);
+    }
+
+    /// Whether a restore sets the entity's `updated_at` to now.
+    pub fn restore_bumps_updated_at(&self) -> bool {
+        self.restore_bumps.load(Ordering::SeqCst)
+    }
+
+    /// Whether linking or unlinking a lead's contact sets the lead's `updated_at` to now from
+    /// now on.
+    pub fn set_link_bumps_updated_at(&self, bump: bool) {
+        self.link_bumps.store(bump, Ordering::SeqCst);
+    }
+
+    /// Whether linking or unlinking a lead's contact sets the lead's `updated_at` to now.
+    pub fn link_bumps_updated_at(&self) -> bool {
+        self.link_bumps.load(Ordering::SeqCst)
     }
 }
 

@@ -6,13 +6,14 @@
 //! newest version. Versions are kept pre-serialized (`Arc<str>`), so a page is built by joining
 //! strings and list requests stay cheap even with hundreds of thousands of entities.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use rand::Rng;
 use serde_json::Value;
 
 use crate::config::TieOrder;
+use crate::embeds::EmbedSlot;
 use crate::entity::Entity;
 
 /// One stored version of an entity, with its sort and filter keys pulled out of the JSON.
@@ -22,8 +23,10 @@ pub struct Version {
     pub created_at: i64,
     pub updated_at: i64,
     pub complete_till: Option<i64>,
-    /// The entity exactly as the list endpoint serializes it.
+    /// The entity exactly as a list without `with` serializes it.
     pub raw: Arc<str>,
+    /// Where `with=` lists are spliced into `raw`.
+    pub(crate) embed: Option<EmbedSlot>,
 }
 
 impl Version {
@@ -36,12 +39,15 @@ impl Version {
             .and_then(Value::as_i64)
             .unwrap_or(updated_at);
         let complete_till = v.get("complete_till").and_then(Value::as_i64);
+        let raw = serde_json::to_string(v).expect("JSON value serializes");
+        let embed = EmbedSlot::find(v, &raw);
         Some(Version {
             id,
             created_at,
             updated_at,
             complete_till,
-            raw: Arc::from(serde_json::to_string(v).expect("JSON value serializes")),
+            raw: Arc::from(raw),
+            embed,
         })
     }
 
@@ -78,12 +84,23 @@ impl Record {
     }
 }
 
-/// One entity kind: live records and the ids deleted so far.
+/// An entity that left the lists, with its last version (what a restore brings back).
+#[derive(Debug)]
+struct Gone {
+    at: i64,
+    last: Version,
+}
+
+/// One entity kind: live records, and the ids deleted, merged away and restored so far.
 #[derive(Debug, Default)]
 struct Table {
     records: BTreeMap<i64, Record>,
-    /// id → sim time of deletion.
-    deleted: BTreeMap<i64, i64>,
+    /// Deleted (to the trash, restorable).
+    deleted: BTreeMap<i64, Gone>,
+    /// Merged into another entity (gone for good): id → (gone, kept id).
+    merged: BTreeMap<i64, (Gone, i64)>,
+    /// Ever restored.
+    restored: BTreeSet<i64>,
     max_id: i64,
 }
 
@@ -154,6 +171,7 @@ impl Store {
         let t = self.table_mut(e);
         t.max_id = t.max_id.max(v.id);
         t.deleted.remove(&v.id);
+        t.merged.remove(&v.id);
         let rec = t.records.entry(v.id).or_default();
         if rec
             .versions
@@ -170,8 +188,79 @@ impl Store {
     pub fn delete(&mut self, e: Entity, id: i64, now: i64) -> Option<Version> {
         let t = self.table_mut(e);
         let rec = t.records.remove(&id)?;
-        t.deleted.insert(id, now);
-        rec.versions.last().cloned()
+        let last = rec.versions.last().cloned()?;
+        t.deleted.insert(
+            id,
+            Gone {
+                at: now,
+                last: last.clone(),
+            },
+        );
+        Some(last)
+    }
+
+    /// Takes a deleted entity out of the trash: returns the last version it had (the caller
+    /// stores it again, as it is or with a new `updated_at`). `None` if `id` is not deleted.
+    pub fn undelete(&mut self, e: Entity, id: i64) -> Option<Version> {
+        let t = self.table_mut(e);
+        let gone = t.deleted.remove(&id)?;
+        t.restored.insert(id);
+        Some(gone.last)
+    }
+
+    /// Removes a live entity merged into `into`; returns its newest version if it existed.
+    pub fn merge_away(&mut self, e: Entity, id: i64, into: i64, now: i64) -> Option<Version> {
+        let t = self.table_mut(e);
+        let rec = t.records.remove(&id)?;
+        let last = rec.versions.last().cloned()?;
+        t.merged.insert(
+            id,
+            (
+                Gone {
+                    at: now,
+                    last: last.clone(),
+                },
+                into,
+            ),
+        );
+        Some(last)
+    }
+
+    /// Whether an entity is live (shown by lists once visible).
+    pub fn contains(&self, e: Entity, id: i64) -> bool {
+        self.table(e).records.contains_key(&id)
+    }
+
+    /// Ids merged away, ascending, with the id each was merged into.
+    pub fn merged(&self, e: Entity) -> Vec<(i64, i64)> {
+        self.table(e)
+            .merged
+            .iter()
+            .map(|(&id, (_, into))| (id, *into))
+            .collect()
+    }
+
+    /// Sim time an entity was deleted or merged away, if it is gone.
+    pub fn gone_at(&self, e: Entity, id: i64) -> Option<i64> {
+        let t = self.table(e);
+        t.deleted
+            .get(&id)
+            .or_else(|| t.merged.get(&id).map(|(g, _)| g))
+            .map(|g| g.at)
+    }
+
+    /// Ids ever restored, ascending.
+    pub fn restored_ids(&self, e: Entity) -> Vec<i64> {
+        self.table(e).restored.iter().copied().collect()
+    }
+
+    /// A random deleted id (roughly uniform), for restores.
+    pub fn random_deleted_id(&self, e: Entity, rng: &mut impl Rng) -> Option<i64> {
+        let del = &self.table(e).deleted;
+        let (&lo, _) = del.first_key_value()?;
+        let (&hi, _) = del.last_key_value()?;
+        let x = rng.gen_range(lo..=hi);
+        del.range(x..).next().map(|(&id, _)| id)
     }
 
     /// Newest version of a live entity, visible or not.

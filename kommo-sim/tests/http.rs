@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kommo_sim::{
     AuthConfig, Bounds, DefaultOrder, Entity, Fault, Focus, IgnoredParam, ImsMode, MutatorConfig,
-    Param, Sim, SimConfig, SimServer, TieOrder,
+    Param, Sim, SimConfig, SimServer, TieOrder, With,
 };
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -1382,10 +1382,11 @@ async fn racing_edits_show_a_newer_version_in_place() {
             assert_eq!(a, b, "item {i}");
         }
     }
-    // It really was edited: the dump shows it, and the next page does not race.
+    // It really was edited: the dump shows it (as a list without with), and the next page
+    // does not race.
     let id = raced[3]["id"].as_i64().unwrap();
     let dumped = sim
-        .dump(Entity::Leads)
+        .dump_with(Entity::Leads, With::NONE)
         .into_iter()
         .find(|v| v["id"] == id)
         .unwrap();
@@ -1713,5 +1714,824 @@ async fn health_shows_the_list_knobs() {
     // Unknown settings are refused rather than silently doing nothing.
     let (s, _) = t.post("/_sim/settings", json!({"max_page": 5})).await;
     assert!(s.is_client_error());
+    t.server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// with=, reference paging, restores, merges, stage moves, links.
+
+impl T {
+    /// Events of one type about one entity, newest first (via the API, as a client sees them).
+    async fn events_about(&self, kind: &str, entity_id: i64) -> Vec<Value> {
+        self.items("events", &format!("filter[type]={kind}&limit=100"), &[])
+            .await
+            .into_iter()
+            .filter(|e| e["entity_id"] == entity_id)
+            .collect()
+    }
+
+    /// One entity by id through a list (`None` if the list leaves it out).
+    async fn listed(&self, entity: &str, id: i64, with: &str) -> Option<Value> {
+        self.items(entity, &format!("filter[id]={id}&{with}"), &[])
+            .await
+            .into_iter()
+            .next()
+    }
+}
+
+fn embedded_ids(v: &Value, key: &str) -> Vec<i64> {
+    v["_embedded"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no _embedded.{key} in {v}"))
+        .iter()
+        .map(|x| x["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// All pages of a list, with a query.
+async fn all_items(t: &T, entity: &str, query: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for page in 1.. {
+        let items = t
+            .items(entity, &format!("limit=250&page={page}&{query}"), &[])
+            .await;
+        if items.is_empty() {
+            return out;
+        }
+        out.extend(items);
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn optional_embeds_come_only_with_with() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let links = sim.links();
+    let (lead, contact, _) = sim.lead_contacts()[0];
+
+    // Leads: tags and companies always, contacts only with=contacts (unknown values ignored).
+    for v in all_items(&t, "leads", "with=catalog_elements").await {
+        assert!(v["_embedded"]["tags"].is_array() && v["_embedded"]["companies"].is_array());
+        assert!(v["_embedded"].get("contacts").is_none(), "{v}");
+    }
+    let leads = all_items(&t, "leads", "with=loss_reason,contacts").await;
+    let shown: Vec<(i64, i64, bool)> = leads
+        .iter()
+        .flat_map(|v| {
+            let id = v["id"].as_i64().unwrap();
+            v["_embedded"]["contacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |c| {
+                    (
+                        id,
+                        c["id"].as_i64().unwrap(),
+                        c["is_main"].as_bool().unwrap(),
+                    )
+                })
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        sim.lead_contacts(),
+        "with=contacts shows the link truth"
+    );
+    assert!(leads.iter().all(|v| {
+        let c = v["_embedded"]["contacts"].as_array().unwrap();
+        c.is_empty() || c.iter().filter(|x| x["is_main"] == true).count() == 1
+    }));
+
+    // Contacts: companies always, leads only with=leads, from the leads' links.
+    let plain = t.listed("contacts", contact, "").await.unwrap();
+    assert!(plain["_embedded"]["companies"].is_array());
+    assert!(plain["_embedded"].get("leads").is_none());
+    let with = t.listed("contacts", contact, "with=leads").await.unwrap();
+    let want: Vec<i64> = links
+        .lead_contacts
+        .iter()
+        .filter(|l| l.contact_id == contact)
+        .map(|l| l.lead_id)
+        .collect();
+    assert_eq!(embedded_ids(&with, "leads"), want);
+    assert!(want.contains(&lead));
+
+    // Companies: contacts and leads each only when asked, from the members' companies.
+    let (cl_lead, company) = links.lead_companies[0];
+    let plain = t.listed("companies", company, "").await.unwrap();
+    assert!(
+        plain["_embedded"].get("contacts").is_none() && plain["_embedded"].get("leads").is_none()
+    );
+    let only_leads = t.listed("companies", company, "with=leads").await.unwrap();
+    assert!(only_leads["_embedded"].get("contacts").is_none());
+    let both = t
+        .listed("companies", company, "with=contacts,leads")
+        .await
+        .unwrap();
+    let of = |pairs: &[(i64, i64)]| -> Vec<i64> {
+        pairs
+            .iter()
+            .filter(|(_, c)| *c == company)
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    assert_eq!(embedded_ids(&both, "leads"), of(&links.lead_companies));
+    assert_eq!(
+        embedded_ids(&both, "contacts"),
+        of(&links.contact_companies)
+    );
+    assert!(embedded_ids(&both, "leads").contains(&cl_lead));
+
+    // GET /{entity}/{id} honours with= the same way.
+    let one: Value = t
+        .get(&format!("/api/v4/leads/{lead}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(one["_embedded"].get("contacts").is_none());
+    let one: Value = t
+        .get(&format!("/api/v4/leads/{lead}?with=contacts"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(embedded_ids(&one, "contacts").contains(&contact));
+    let one: Value = t
+        .get(&format!("/api/v4/contacts/{contact}?with=leads"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(embedded_ids(&one, "leads").contains(&lead));
+
+    // dump shows leads as with=contacts lists them (the shape dumps always had), the others
+    // as lists without with; dump_with chooses.
+    assert_eq!(sim.dump(Entity::Leads), leads);
+    assert!(sim
+        .dump_with(Entity::Leads, With::NONE)
+        .iter()
+        .all(|v| v["_embedded"].get("contacts").is_none()));
+    assert!(sim.dump(Entity::Companies).iter().all(|v| {
+        v["_embedded"].get("contacts").is_none() && v["_embedded"].get("leads").is_none()
+    }));
+    let companies = sim.dump_with(Entity::Companies, With::ALL);
+    assert!(companies.iter().all(|v| v["_embedded"]["leads"].is_array()));
+
+    // A deleted contact drops out of its leads' contacts.
+    sim.delete(Entity::Contacts, &[contact]);
+    let v = t.listed("leads", lead, "with=contacts").await.unwrap();
+    assert!(!embedded_ids(&v, "contacts").contains(&contact));
+    t.server.stop().await;
+}
+
+/// FNV-1a of a dump's JSON: a short fingerprint of everything a seed generates.
+fn fingerprint(items: &[Value]) -> u64 {
+    serde_json::to_string(items)
+        .unwrap()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+#[test]
+fn seeded_entities_are_what_they_were_before_the_unused_definitions() {
+    // Fingerprints of dumps taken before the 56 unused lead field definitions (and with=)
+    // existed: the extra definitions draw nothing, and dumps keep their shape.
+    let want: [(u64, usize, [u64; 4]); 3] = [
+        (
+            42,
+            1000,
+            [
+                0x73622e44d7627e1a,
+                0x95b19bb09c2ab051,
+                0xb703a55c7c617df1,
+                0xd8e35547daaee450,
+            ],
+        ),
+        (
+            7,
+            300,
+            [
+                0x7ea3b22d577ef0b8,
+                0x0c0d12cebf8d8807,
+                0x694b5288e46f5883,
+                0xc6e2c6c50eab8d42,
+            ],
+        ),
+        (
+            42,
+            5000,
+            [
+                0xdd0ddf58aabddb2b,
+                0x2335d404a6882324,
+                0x1fe895067587bc42,
+                0x86e46e38441e53cd,
+            ],
+        ),
+    ];
+    for (seed, n, prints) in want {
+        let sim = Sim::new(
+            SimConfig {
+                seed,
+                leads: n,
+                contacts: n,
+                companies: n,
+                tasks: n,
+                seed_now: Some(1_750_000_000),
+                ..SimConfig::default()
+            },
+            "http://sim",
+        );
+        for e in Entity::ALL {
+            assert_eq!(
+                fingerprint(&sim.dump(e)),
+                prints[e.index()],
+                "seed {seed}, {n} {e}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn custom_field_definitions_come_50_a_page() {
+    let t = T::new(small()).await;
+    let v = t.page("leads/custom_fields", "limit=250").await;
+    let total = v["_total_items"].as_i64().unwrap();
+    assert!(
+        total > 50,
+        "enough lead fields to need a second page: {total}"
+    );
+    assert_eq!(
+        v["_embedded"]["custom_fields"].as_array().unwrap().len(),
+        50
+    );
+    assert_eq!(v["_page_count"], (total + 49) / 50);
+    let next = v["_links"]["next"]["href"].as_str().unwrap();
+    assert!(
+        next.contains("limit=50") && next.contains("page=2"),
+        "{next}"
+    );
+    let v = t.page("leads/custom_fields", "limit=250&page=2").await;
+    assert_eq!(
+        v["_embedded"]["custom_fields"].as_array().unwrap().len() as i64,
+        total - 50
+    );
+    assert!(v["_links"].get("next").is_none());
+    assert_eq!(
+        t.page("leads/custom_fields", "limit=20").await["_page_count"],
+        (total + 19) / 20
+    );
+    assert_eq!(
+        t.get("/api/v4/leads/custom_fields?limit=0").await.status(),
+        400
+    );
+    // The unused definitions never appear in entities' values.
+    let in_use: std::collections::HashSet<i64> = t
+        .sim()
+        .reference()
+        .fields_in_use(Entity::Leads)
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert!(in_use.len() < 50);
+    for v in t.sim().dump(Entity::Leads) {
+        for f in v["custom_fields_values"].as_array().into_iter().flatten() {
+            assert!(in_use.contains(&f["field_id"].as_i64().unwrap()), "{f}");
+        }
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn tags_are_listed_per_kind() {
+    let t = T::new(small()).await;
+    let r = t.sim().reference();
+    for (e, path) in [
+        (Entity::Leads, "leads/tags"),
+        (Entity::Contacts, "contacts/tags"),
+        (Entity::Companies, "companies/tags"),
+    ] {
+        let v = t.page(path, "limit=250").await;
+        let tags = v["_embedded"]["tags"].as_array().unwrap();
+        let want: Vec<i64> = r.tags[e.index()].iter().map(|t| t.id).collect();
+        assert_eq!(ids(tags), want, "{path}");
+        assert!(tags
+            .iter()
+            .all(|t| t["name"].is_string() && t.get("color").is_some()));
+    }
+    let v = t.page("leads/tags", "limit=4").await;
+    assert_eq!(v["_embedded"]["tags"].as_array().unwrap().len(), 4);
+    assert!(v["_links"]["next"]["href"]
+        .as_str()
+        .unwrap()
+        .contains("page=2"));
+    let v = t.page("leads/tags", "limit=4&page=2").await;
+    assert_eq!(v["_embedded"]["tags"].as_array().unwrap().len(), 2);
+    assert_eq!(t.get("/api/v4/leads/tags?limit=251").await.status(), 400);
+    assert_eq!(t.get("/api/v4/tasks/tags").await.status(), 404);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restored_entity_is_listed_again_after_a_restored_event() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let leads = ids(&sim.dump(Entity::Leads));
+    let (a, b) = (leads[3], leads[4]);
+    sim.delete(Entity::Leads, &[a, b]);
+    assert!(t.listed("leads", a, "").await.is_none());
+    let deleted = t.events_about("lead_deleted", a).await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        (&deleted[0]["value_before"], &deleted[0]["value_after"]),
+        (&json!([]), &json!([]))
+    );
+
+    // Restore with the default switch: back in lists with a new updated_at.
+    sim.advance_clock(600);
+    let at = sim.now();
+    assert_eq!(sim.restore(Entity::Leads, &[a, 12345]), vec![a]);
+    let back = t.listed("leads", a, "").await.expect("listed again");
+    assert!(back["updated_at"].as_i64().unwrap() >= at);
+    let restored = t.events_about("lead_restored", a).await;
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0]["entity_type"], "lead");
+    assert_eq!(
+        (&restored[0]["value_before"], &restored[0]["value_after"]),
+        (&json!([]), &json!([]))
+    );
+    assert_eq!(sim.deleted_ids(Entity::Leads), vec![b]);
+    assert_eq!(sim.restored_ids(Entity::Leads), vec![a]);
+
+    // Without the bump it comes back with the updated_at it had: behind any cursor.
+    sim.set_restore_bumps_updated_at(false);
+    sim.restore(Entity::Leads, &[b]);
+    let v = t.listed("leads", b, "").await.unwrap();
+    assert!(v["updated_at"].as_i64().unwrap() < at);
+    let since = t
+        .items(
+            "leads",
+            &format!("filter[updated_at][from]={at}&limit=250"),
+            &[],
+        )
+        .await;
+    assert!(!ids(&since).contains(&b), "an updated_at cursor misses it");
+    assert!(ids(&since).contains(&a));
+
+    // Contacts and companies restore too; tasks cannot (Kommo has no task_restored).
+    let c = ids(&sim.dump(Entity::Companies))[0];
+    sim.delete(Entity::Companies, &[c]);
+    assert_eq!(sim.restore(Entity::Companies, &[c]), vec![c]);
+    assert_eq!(t.events_about("company_restored", c).await.len(), 1);
+    let task = ids(&sim.dump(Entity::Tasks))[0];
+    sim.delete(Entity::Tasks, &[task]);
+    assert!(sim.restore(Entity::Tasks, &[task]).is_empty());
+    assert_eq!(t.events_about("task_deleted", task).await.len(), 1);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_merged_contact_leaves_and_its_leads_follow_the_kept_one() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let (lead, from, _) = sim.lead_contacts()[0];
+    let into = ids(&sim.dump(Entity::Contacts))
+        .into_iter()
+        .find(|&c| c != from && !sim.lead_contacts().iter().any(|l| l.0 == lead && l.1 == c))
+        .unwrap();
+    let lead_before = t.listed("leads", lead, "").await.unwrap();
+    sim.advance_clock(600);
+    let at = sim.now();
+    assert!(sim.merge(Entity::Contacts, from, into));
+    assert!(!sim.merge(Entity::Contacts, from, into), "from is gone");
+    assert!(
+        !sim.merge(Entity::Leads, lead, lead),
+        "only contacts and companies merge"
+    );
+
+    assert!(t.listed("contacts", from, "").await.is_none());
+    let merged = t.events_about("entity_merged", from).await;
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged[0]["entity_type"], "contact");
+    assert_eq!(
+        (&merged[0]["value_before"], &merged[0]["value_after"]),
+        (&json!([]), &json!([]))
+    );
+    let kept = t.listed("contacts", into, "with=leads").await.unwrap();
+    assert!(
+        kept["updated_at"].as_i64().unwrap() >= at,
+        "the kept one is edited"
+    );
+    assert!(embedded_ids(&kept, "leads").contains(&lead));
+    let v = t.listed("leads", lead, "with=contacts").await.unwrap();
+    let contacts = embedded_ids(&v, "contacts");
+    assert!(contacts.contains(&into) && !contacts.contains(&from));
+    let linked = t.events_about("entity_linked", lead).await;
+    assert_eq!(
+        linked[0]["value_after"],
+        json!([{"link": {"entity": {"id": into, "type": "contact"}}}])
+    );
+    assert_eq!(
+        v["updated_at"], lead_before["updated_at"],
+        "links do not bump by default"
+    );
+
+    assert_eq!(sim.merged_ids(Entity::Contacts), vec![from]);
+    assert_eq!(sim.merges(Entity::Contacts), vec![(from, into)]);
+    assert!(!sim.deleted_ids(Entity::Contacts).contains(&from));
+    assert!(
+        sim.restore(Entity::Contacts, &[from]).is_empty(),
+        "merged is not in the trash"
+    );
+
+    // Companies: members' _embedded.companies move to the kept company.
+    let links = sim.links();
+    let (member, gone) = links.lead_companies[0];
+    let keep = ids(&sim.dump(Entity::Companies))
+        .into_iter()
+        .find(|&c| c != gone)
+        .unwrap();
+    assert!(sim.merge(Entity::Companies, gone, keep));
+    let v = t.listed("leads", member, "").await.unwrap();
+    let companies = embedded_ids(&v, "companies");
+    assert!(companies.contains(&keep) && !companies.contains(&gone));
+    assert!(sim.links().lead_companies.iter().all(|(_, c)| *c != gone));
+    let kept = t.listed("companies", keep, "with=leads").await.unwrap();
+    assert!(embedded_ids(&kept, "leads").contains(&member));
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn stage_moves_are_logged_and_listed_as_truth() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let r = sim.reference();
+    let lead = ids(&sim.dump(Entity::Leads))[10];
+    let (p0, s0) = sim.stage_of(lead).unwrap();
+    let other = r.pipelines.iter().find(|p| p.id != p0).unwrap();
+    let target = other.statuses[1].id;
+    sim.advance_clock(60);
+    assert!(sim.move_lead(lead, other.id, target));
+    assert!(!sim.move_lead(lead, other.id, target), "already there");
+    assert!(!sim.move_lead(lead, other.id, 999), "unknown stage");
+    assert!(!sim.move_lead(lead, 1, 142), "unknown pipeline");
+    assert!(sim.move_lead(lead, other.id, 142));
+
+    let v = t.listed("leads", lead, "").await.unwrap();
+    assert_eq!(
+        (v["pipeline_id"].as_i64(), v["status_id"].as_i64()),
+        (Some(other.id), Some(142))
+    );
+    assert!(v["closed_at"].as_i64().is_some());
+    let ev = t.events_about("lead_status_changed", lead).await;
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        ev[1]["value_before"],
+        json!([{"lead_status": {"id": s0, "pipeline_id": p0}}])
+    );
+    assert_eq!(
+        ev[1]["value_after"],
+        json!([{"lead_status": {"id": target, "pipeline_id": other.id}}])
+    );
+
+    let moves: Vec<_> = sim
+        .stage_moves()
+        .into_iter()
+        .filter(|m| m.lead_id == lead)
+        .collect();
+    assert_eq!(moves.len(), 2);
+    assert_eq!(
+        (
+            moves[0].from_pipeline,
+            moves[0].from_status,
+            moves[0].to_pipeline,
+            moves[0].to_status
+        ),
+        (p0, s0, other.id, target)
+    );
+    assert_eq!(moves[0].event_id, ev[1]["id"].as_str().unwrap());
+    assert_eq!(moves[1].to_status, 142);
+    assert!(moves[0].at <= moves[1].at && moves[0].by > 0);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn link_changes_raise_events_and_bump_updated_at_only_when_asked() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let lead = ids(&sim.dump(Entity::Leads))[20];
+    let contacts = ids(&sim.dump(Entity::Contacts));
+    let fresh = *contacts
+        .iter()
+        .find(|&&c| !sim.lead_contacts().iter().any(|l| l.0 == lead && l.1 == c))
+        .unwrap();
+    let before = t.listed("leads", lead, "").await.unwrap();
+    sim.advance_clock(600);
+    assert!(sim.link(lead, fresh));
+    assert!(!sim.link(lead, fresh), "already linked");
+    let v = t.listed("leads", lead, "with=contacts").await.unwrap();
+    assert!(embedded_ids(&v, "contacts").contains(&fresh));
+    assert_eq!(
+        v["updated_at"], before["updated_at"],
+        "updated_at stays by default"
+    );
+    assert!(sim
+        .lead_contacts()
+        .iter()
+        .any(|l| l.0 == lead && l.1 == fresh));
+    let ev = t.events_about("entity_linked", lead).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["entity_type"], "lead");
+    assert_eq!(
+        ev[0]["value_after"],
+        json!([{"link": {"entity": {"id": fresh, "type": "contact"}}}])
+    );
+    assert_eq!(ev[0]["value_before"], json!([]));
+
+    sim.set_link_bumps_updated_at(true);
+    let at = sim.now();
+    assert!(sim.unlink(lead, fresh));
+    assert!(!sim.unlink(lead, fresh));
+    let v = t.listed("leads", lead, "with=contacts").await.unwrap();
+    assert!(!embedded_ids(&v, "contacts").contains(&fresh));
+    assert!(
+        v["updated_at"].as_i64().unwrap() >= at,
+        "bumped when the switch is on"
+    );
+    let ev = t.events_about("entity_unlinked", lead).await;
+    assert_eq!(
+        ev[0]["value_before"],
+        json!([{"link": {"entity": {"id": fresh, "type": "contact"}}}])
+    );
+    assert_eq!(ev[0]["value_after"], json!([]));
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn every_seeded_lead_has_a_lead_added_event_with_a_note() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let added: Vec<_> = sim
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "lead_added")
+        .collect();
+    let mut lead_ids: Vec<i64> = added.iter().map(|e| e.entity_id).collect();
+    lead_ids.sort_unstable();
+    assert_eq!(lead_ids, ids(&sim.dump(Entity::Leads)));
+    assert!(added
+        .iter()
+        .all(|e| e.before == json!([]) && e.after[0]["note"]["id"].is_i64()));
+    let created = sim.create(Entity::Leads, 1)[0];
+    let ev = t.events_about("lead_added", created).await;
+    assert!(ev[0]["value_after"][0]["note"]["id"].is_i64(), "{}", ev[0]);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn reference_data_changes_are_served() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let r = sim.reference();
+    let user = r.users[3].id;
+    assert!(sim.remove_user(user));
+    assert!(!sim.remove_user(user));
+    let v = t.page("users", "limit=250").await;
+    assert_eq!(v["_total_items"], 9);
+    assert!(!ids(v["_embedded"]["users"].as_array().unwrap()).contains(&user));
+
+    let p = &r.pipelines[1];
+    let stage = p.statuses[1].id;
+    assert!(sim.rename_pipeline(p.id, "Resellers"));
+    assert!(sim.remove_status(p.id, stage));
+    assert!(!sim.remove_status(p.id, 142), "won and lost stay");
+    let v: Value = t.get("/api/v4/leads/pipelines").await.json().await.unwrap();
+    let served = v["_embedded"]["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == p.id)
+        .unwrap()
+        .clone();
+    assert_eq!(served["name"], "Resellers");
+    let st = ids(served["_embedded"]["statuses"].as_array().unwrap());
+    assert!(!st.contains(&stage) && st.contains(&142));
+
+    let id = sim
+        .add_custom_field(Entity::Leads, "Loyalty level", kommo_sim::FieldType::Select)
+        .unwrap();
+    assert!(sim
+        .add_custom_field(Entity::Tasks, "x", kommo_sim::FieldType::Text)
+        .is_none());
+    let all = [
+        t.page("leads/custom_fields", "page=1").await,
+        t.page("leads/custom_fields", "page=2").await,
+    ];
+    let field = all
+        .iter()
+        .flat_map(|v| v["_embedded"]["custom_fields"].as_array().unwrap().clone())
+        .find(|f| f["id"] == id)
+        .expect("new definition served");
+    assert_eq!(
+        (field["name"].as_str(), field["type"].as_str()),
+        (Some("Loyalty level"), Some("select"))
+    );
+    assert!(field["enums"].as_array().is_some_and(|e| !e.is_empty()));
+    // The snapshot taken before the changes is unchanged; creations keep working.
+    assert_eq!(r.users.len(), 10);
+    assert_eq!(sim.create(Entity::Leads, 5).len(), 5);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn mutator_restores_merges_moves_and_links() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let h = sim.start_mutator(MutatorConfig {
+        ops_per_sec: 400,
+        delete_ratio: 0.2,
+        create_ratio: 0.0,
+        restore_ratio: 0.15,
+        merge_ratio: 0.1,
+        move_ratio: 0.2,
+        link_ratio: 0.15,
+        unlink_ratio: 0.1,
+        seed: 11,
+        ..MutatorConfig::default()
+    });
+    wait_for(|| {
+        let s = h.stats();
+        s.restores > 2 && s.merges > 2 && s.moves > 2 && s.links > 2 && s.unlinks > 2
+    })
+    .await;
+    let stats = h.stop().await;
+    let events = sim.events();
+    let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count() as u64;
+    let restored: u64 = ["lead_restored", "contact_restored", "company_restored"]
+        .iter()
+        .map(|k| count(k))
+        .sum();
+    assert_eq!(restored, stats.restores);
+    assert_eq!(count("entity_merged"), stats.merges);
+    assert_eq!(count("entity_unlinked"), stats.unlinks);
+    assert!(count("entity_linked") >= stats.links, "merges relink too");
+    assert!(
+        sim.stage_moves().len() as u64 >= stats.moves,
+        "edits move leads too"
+    );
+    let merged: usize = [Entity::Contacts, Entity::Companies]
+        .iter()
+        .map(|e| sim.merged_ids(*e).len())
+        .sum();
+    assert_eq!(merged as u64, stats.merges);
+    for e in Entity::ALL {
+        let live: std::collections::HashSet<i64> = ids(&sim.dump(e)).into_iter().collect();
+        assert!(sim.merged_ids(e).iter().all(|id| !live.contains(id)), "{e}");
+        assert!(
+            sim.deleted_ids(e).iter().all(|id| !live.contains(id)),
+            "{e}"
+        );
+    }
+    // Links only join live entities.
+    for l in sim.lead_contacts() {
+        assert!(sim.stage_of(l.0).is_some());
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn control_endpoints_drive_the_event_driven_changes() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    let (_, v) = t
+        .post(
+            "/_sim/settings",
+            json!({"restore_bumps_updated_at": false, "link_bumps_updated_at": true}),
+        )
+        .await;
+    assert_eq!(
+        (
+            v["restore_bumps_updated_at"].as_bool(),
+            v["link_bumps_updated_at"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    assert!(!sim.restore_bumps_updated_at() && sim.link_bumps_updated_at());
+
+    let leads = ids(&sim.dump(Entity::Leads));
+    let contacts = ids(&sim.dump(Entity::Contacts));
+    let (_, v) = t
+        .post(
+            "/_sim/mutate",
+            json!({"op": "delete", "entity": "leads", "ids": [leads[0]]}),
+        )
+        .await;
+    assert_eq!(v["ids"], json!([leads[0]]));
+    let (_, v) = t
+        .post(
+            "/_sim/mutate",
+            json!({"op": "restore", "entity": "leads", "ids": [leads[0]]}),
+        )
+        .await;
+    assert_eq!(v["ids"], json!([leads[0]]));
+    let (_, v) = t
+        .post(
+            "/_sim/mutate",
+            json!({"op": "merge", "entity": "contacts", "from": contacts[0], "into": contacts[1]}),
+        )
+        .await;
+    assert_eq!(v["ids"], json!([contacts[0]]));
+    let p = &sim.reference().pipelines[2];
+    let (_, v) = t
+        .post(
+            "/_sim/mutate",
+            json!({"op": "move", "entity": "leads", "ids": [leads[1]], "pipeline_id": p.id, "status_id": p.statuses[0].id}),
+        )
+        .await;
+    assert_eq!(v["ids"], json!([leads[1]]));
+    let (_, v) = t
+        .post(
+            "/_sim/mutate",
+            json!({"op": "link", "lead_id": leads[2], "contact_id": contacts[5]}),
+        )
+        .await;
+    assert_eq!(v["ok"], true);
+    let (s, _) = t
+        .post("/_sim/mutate", json!({"op": "merge", "entity": "contacts"}))
+        .await;
+    assert_eq!(s, 400);
+
+    let (_, v) = t
+        .post(
+            "/_sim/reference",
+            json!({"op": "rename_pipeline", "id": p.id, "name": "X"}),
+        )
+        .await;
+    assert_eq!(v["ok"], true);
+    let (_, v) = t
+        .post(
+            "/_sim/reference",
+            json!({"op": "add_custom_field", "entity": "contacts", "name": "Nick", "type": "text"}),
+        )
+        .await;
+    assert!(v["id"].is_i64());
+    let (s, _) = t
+        .post(
+            "/_sim/reference",
+            json!({"op": "add_custom_field", "entity": "contacts", "name": "N", "type": "blob"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    let truth: Value = t
+        .http
+        .get(format!("{}/_sim/truth", t.server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        truth["merges"]["contacts"],
+        json!([[contacts[0], contacts[1]]])
+    );
+    assert_eq!(truth["restored_ids"]["leads"], json!([leads[0]]));
+    assert!(truth["stage_moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["lead_id"] == leads[1]));
+    assert!(truth["links"]["lead_contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["lead_id"] == leads[2] && l["contact_id"] == contacts[5]));
+    let d: Value = t
+        .http
+        .get(format!(
+            "{}/_sim/dump/leads?with=contacts",
+            t.server.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(d["items"][0]["_embedded"]["contacts"].is_array());
+    let h: Value = t
+        .http
+        .get(format!("{}/_sim/health", t.server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["link_bumps_updated_at"], true);
     t.server.stop().await;
 }
