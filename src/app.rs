@@ -13,7 +13,7 @@ use crate::kommo::{KommoClient, KommoSource};
 use crate::metrics::Metrics;
 use crate::server::Health;
 use crate::source::Source;
-use crate::store::state::StreamStatus;
+use crate::store::state::{StreamStatus, StreamTable};
 use crate::store::tokens::PgTokens;
 use crate::store::Store;
 use crate::sync::run::ProgressFn;
@@ -21,11 +21,16 @@ use crate::sync::scheduler::{run_schedules, Schedule};
 use crate::sync::{EngineSettings, RunReport, SyncEngine, SyncError};
 use crate::tokens::TokenStore;
 
-/// Each stream and the table it fills, from the source's declarations.
-pub fn stream_tables() -> Vec<(&'static str, &'static str)> {
+/// Each stream, the table it fills, and where its rows sit in a shared table, from the
+/// source's declarations.
+pub fn stream_tables() -> Vec<StreamTable> {
     crate::kommo::STREAMS
         .iter()
-        .map(|s| (s.name, s.table.name))
+        .map(|s| StreamTable {
+            stream: s.name,
+            table: s.table.name,
+            scope: s.scope,
+        })
         .collect()
 }
 

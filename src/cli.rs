@@ -65,6 +65,14 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Create (if missing) a read-only role for analysts and let it read the mirror: SELECT
+    /// on every table and view of the schema, including those later versions add. It gets
+    /// nothing in the private schema that holds the OAuth tokens. The role cannot log in;
+    /// give it to people: `CREATE ROLE alice LOGIN PASSWORD '...' IN ROLE kommo_reader`.
+    AnalystRole {
+        /// Name of the role, e.g. kommo_reader (lowercase letters, digits and _).
+        name: String,
+    },
     /// Validate the settings, reach PostgreSQL, and make one request to the Kommo API.
     Check,
     /// OAuth 2.0 (kommo.auth = "oauth"): store the first token pair, or show the stored one.
@@ -178,6 +186,24 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let store = Store::connect(&settings.database).await?;
             store.migrate().await?;
             println!("migrations applied to schema `{}`", store.schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AnalystRole { name } => {
+            if !crate::config::is_identifier(&name) {
+                eprintln!(
+                    "error: `{name}` is not a plain role name. Fix: use lowercase letters, digits \
+                     and _, starting with a letter or _"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let store = Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            store.grant_read(&name).await?;
+            println!(
+                "role `{name}` may read schema `{}` (tables and views, also future ones); it \
+                 cannot log in: grant it to users with GRANT {name} TO alice",
+                store.schema()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {

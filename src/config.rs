@@ -578,11 +578,13 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
         connect = connect.password(password.expose_secret());
     }
     let schema = raw.schema.trim().to_string();
-    if !is_identifier(&schema) {
+    // Secrets live in `{schema}_private`, which must be a name too.
+    if !is_identifier(&schema) || schema.len() > 55 {
         return Err(invalid(
             "database.schema",
-            format!("`{schema}` is not a plain identifier"),
-            "use lowercase letters, digits and _ (starting with a letter or _), at most 63 characters",
+            format!("`{schema}` is not a plain identifier of at most 55 characters"),
+            "use lowercase letters, digits and _ (starting with a letter or _), at most 55 \
+             characters (the daemon adds `_private` for the schema that holds its tokens)",
         ));
     }
     if raw.max_connections < 2 {
@@ -735,9 +737,12 @@ mod tests {
         assert_eq!(s.kommo.max_rps, 7);
         assert_eq!(s.kommo.page_size, 250);
         assert_eq!(s.database.schema, "kommo");
+        let mut declared: Vec<String> = crate::kommo::stream_names().map(String::from).collect();
+        declared.sort();
         assert_eq!(
             s.enabled_streams(),
-            vec!["companies", "contacts", "leads", "tasks"]
+            declared,
+            "every stream is on by default"
         );
     }
 

@@ -72,22 +72,24 @@ pub async fn run(config: Option<&Path>, opts: DemoOptions) -> anyhow::Result<()>
     let s = app.store.schema();
     println!(
         r#"
-  -- open pipeline value by stage
-  SELECT pipeline_id, status_id, count(*), sum(price) FROM {s}.leads
-   WHERE status_id NOT IN (142, 143) GROUP BY 1, 2 ORDER BY 1, 2;
+  -- open pipeline value by stage, with names
+  SELECT pipeline_name, status_name, count(*), sum(price) FROM {s}.leads_v
+   WHERE NOT is_won AND NOT is_lost GROUP BY 1, 2, status_sort ORDER BY 1, status_sort;
 
-  -- won deals per month
-  SELECT date_trunc('month', closed_at) AS month, count(*), sum(price) FROM {s}.leads
-   WHERE status_id = 142 GROUP BY 1 ORDER BY 1;
+  -- won deals per month and responsible user
+  SELECT date_trunc('month', closed_at) AS month, responsible_user_name, count(*), sum(price)
+    FROM {s}.leads_v WHERE is_won GROUP BY 1, 2 ORDER BY 1, 2;
 
   -- contacts' e-mails, without parsing JSON
   SELECT c.name, v.value_text AS email FROM {s}.contacts c
-    JOIN {s}.custom_field_values v ON v.entity_type = 'contacts' AND v.entity_id = c.id
-   WHERE v.field_code = 'EMAIL' LIMIT 10;
+    JOIN {s}.custom_field_values_v v ON v.entity_type = 'contacts' AND v.entity_id = c.id
+   WHERE v.field_code = 'EMAIL' AND c.deleted_at IS NULL LIMIT 10;
 
   -- overdue open tasks per responsible user
-  SELECT responsible_user_id, count(*) FROM {s}.tasks
-   WHERE NOT is_completed AND complete_till < now() GROUP BY 1 ORDER BY 2 DESC;
+  SELECT responsible_user_name, count(*) FROM {s}.tasks_v
+   WHERE is_overdue GROUP BY 1 ORDER BY 2 DESC;
+
+  -- more questions with their SQL: docs/analytics.md
 
   -- how the sync is doing
   SELECT stream, state, last_success_at, rows_written FROM {s}.sync_state;"#

@@ -9,7 +9,8 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::store::rows::{Row, TableDecl};
+use crate::store::children::ChildTable;
+use crate::store::rows::{Cell, Row, TableDecl};
 
 /// How a stream is walked; declared by the source for each stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,15 +22,75 @@ pub enum WalkKind {
     CreatedAtInWindow,
 }
 
+/// How a stream is read, run after run.
+#[derive(Debug, Clone, Copy)]
+pub enum Strategy {
+    /// Entities that change: a proven walk of what changed since the last run.
+    Changes(WalkKind),
+    /// Reference data (pipelines, users, field definitions): a few pages read whole on every
+    /// run and stored in one transaction, so that whatever is no longer listed can be marked
+    /// gone. `page_size`: the most the endpoint lists per page (`None`: it is not paged).
+    Refresh { page_size: Option<u32> },
+    /// An append-only log (Kommo's events), walked by `created_at` in closed windows; see
+    /// [`crate::sync::log`]. Each entry may have effects on other streams' rows.
+    Log {
+        page_size: u32,
+        effects: fn(&Record) -> Vec<Effect>,
+    },
+}
+
+/// What a log entry says about an entity of another stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The entity was deleted at `at` (unix seconds): lists never show it again.
+    Deleted {
+        stream: &'static str,
+        id: i64,
+        at: i64,
+    },
+    /// The entity was restored at `at`.
+    Restored {
+        stream: &'static str,
+        id: i64,
+        at: i64,
+    },
+    /// The entity came back: the entities linked to it list it again without a new version
+    /// of theirs (a lead's contacts hide a deleted contact), so they are read again.
+    Relinked { stream: &'static str, id: i64 },
+    /// The entity changed in a way its list need not show by a new version (its links, a
+    /// merge): it is read again by id. `gone_at`: it may have been merged away at that time;
+    /// if it is no longer there, it is marked deleted then.
+    Refetch {
+        stream: &'static str,
+        id: i64,
+        gone_at: Option<i64>,
+    },
+}
+
 /// One stream as its source declares it, once: the name used in config, on the command
-/// line, in `status` and as the key of its cursor; how it is walked; the table it fills; and
-/// how one of its entities becomes a row of that table.
+/// line, in `status` and as the key of its cursor; how it is read; the table it fills; how
+/// one of its entities becomes a row of that table; and the tables of rows each entity owns.
 #[derive(Debug, Clone)]
 pub struct StreamDecl {
     pub name: &'static str,
-    pub walk: WalkKind,
+    pub strategy: Strategy,
     pub table: &'static TableDecl,
     pub to_row: fn(&TableDecl, &Record) -> Row,
+    /// Rows owned by one entity (a lead's contacts, a pipeline's statuses), rewritten in
+    /// the same transaction whenever the entity's row is.
+    pub children: &'static [ChildDecl],
+    /// Where this stream's rows sit in a table shared by several streams (e.g. the field
+    /// definitions of leads, contacts and companies): column = value, part of the key.
+    pub scope: Option<(&'static str, &'static str)>,
+}
+
+/// Rows that belong to one entity of a stream, in a table of their own.
+#[derive(Debug, Clone)]
+pub struct ChildDecl {
+    pub table: &'static ChildTable,
+    /// The entity's rows of that table, each as the table's cells; `None` when the entity
+    /// does not say (the field was not asked for): what is stored for it stays.
+    pub rows: fn(&Record) -> Option<Vec<Vec<Cell>>>,
 }
 
 impl StreamDecl {
@@ -38,6 +99,14 @@ impl StreamDecl {
             .iter()
             .map(|r| (self.to_row)(self.table, r))
             .collect()
+    }
+
+    /// The incremental walk of this stream, if it has one.
+    pub fn walk(&self) -> Option<WalkKind> {
+        match self.strategy {
+            Strategy::Changes(kind) => Some(kind),
+            Strategy::Refresh { .. } | Strategy::Log { .. } => None,
+        }
     }
 }
 
@@ -113,6 +182,12 @@ pub struct Page {
     pub records: Vec<Record>,
     /// The server's clock when it answered (unix seconds), from the `Date` header.
     pub server_time: Option<i64>,
+    /// How many pages the list has, where the server says (reference lists do; entity
+    /// lists cannot count).
+    pub page_count: Option<u32>,
+    /// The account the page belongs to, where the items do not say it themselves (a
+    /// source fills it for reference lists).
+    pub account_id: Option<i64>,
 }
 
 /// How a failed fetch should be handled by the run.
@@ -187,6 +262,30 @@ pub trait Source: Send + Sync + 'static {
 
     /// Fetches one page. Implementations own politeness (rate limit, retries, back-off).
     fn fetch(&self, req: &PageRequest) -> impl Future<Output = Result<Page, FetchError>> + Send;
+
+    /// Fetches the entities of `stream` with these ids, as its list shows them. Ids that are
+    /// not returned are gone (deleted, or merged away): the source makes sure of that, e.g.
+    /// by asking one by one where a filter by id is not honoured.
+    fn fetch_ids(
+        &self,
+        stream: &'static str,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<Record>, FetchError>> + Send;
+
+    /// The entities (stream, id) that list this one among their links, as the source says now.
+    fn linked_to(
+        &self,
+        stream: &'static str,
+        id: i64,
+    ) -> impl Future<Output = Result<Vec<(&'static str, i64)>, FetchError>> + Send;
+
+    /// Fetches one page (from 1) of a [`Strategy::Refresh`] stream, as it is listed.
+    fn fetch_reference(
+        &self,
+        stream: &'static str,
+        page: u32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Page, FetchError>> + Send;
 
     /// Whether traffic is stopped right now, and why.
     fn health(&self) -> SourceHealth;

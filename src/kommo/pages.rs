@@ -37,34 +37,37 @@ pub fn records(stream: &str, body: Value) -> Result<Vec<Record>, KommoError> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, raw)| {
-            let id = int_field(&raw, "id");
-            let updated_at = int_field(&raw, "updated_at");
-            match (id, updated_at) {
-                (Some(id), Some(updated_at)) => {
-                    let created_at = int_field(&raw, "created_at");
-                    Ok(Record {
-                        id,
-                        updated_at,
-                        created_at,
-                        raw,
-                    })
-                }
-                (None, _) => Err(KommoError::BadEntity {
-                    what: format!(
-                        "{stream} item #{i} has no integer `id` (got {})",
-                        describe(raw.get("id"))
-                    ),
-                }),
-                (Some(id), None) => Err(KommoError::BadEntity {
-                    what: format!(
-                        "{stream} {id} has no integer `updated_at` (got {})",
-                        describe(raw.get("updated_at"))
-                    ),
-                }),
-            }
-        })
+        .map(|(i, raw)| record(stream, i, raw))
         .collect()
+}
+
+/// One entity of `stream` (item `i` of its page, for messages).
+pub fn record(stream: &str, i: usize, raw: Value) -> Result<Record, KommoError> {
+    let id = int_field(&raw, "id");
+    let updated_at = int_field(&raw, "updated_at");
+    match (id, updated_at) {
+        (Some(id), Some(updated_at)) => {
+            let created_at = int_field(&raw, "created_at");
+            Ok(Record {
+                id,
+                updated_at,
+                created_at,
+                raw,
+            })
+        }
+        (None, _) => Err(KommoError::BadEntity {
+            what: format!(
+                "{stream} item #{i} has no integer `id` (got {})",
+                describe(raw.get("id"))
+            ),
+        }),
+        (Some(id), None) => Err(KommoError::BadEntity {
+            what: format!(
+                "{stream} {id} has no integer `updated_at` (got {})",
+                describe(raw.get("updated_at"))
+            ),
+        }),
+    }
 }
 
 fn int_field(v: &Value, key: &str) -> Option<i64> {

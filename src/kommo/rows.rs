@@ -11,13 +11,14 @@ use serde_json::Value;
 
 use crate::source::Record;
 use crate::store::custom_fields::FieldValue;
-use crate::store::rows::{col, Cell, Kind, Row, TableDecl};
+use crate::store::rows::{col, Cell, Frame, Kind, Row, TableDecl};
 
 use Kind::*;
 
 pub const LEADS: TableDecl = TableDecl {
     name: "leads",
     custom_fields: true,
+    frame: Frame::Entity,
     columns: &[
         col("name", Text),
         col("price", Num),
@@ -43,6 +44,7 @@ pub const LEADS: TableDecl = TableDecl {
 pub const CONTACTS: TableDecl = TableDecl {
     name: "contacts",
     custom_fields: true,
+    frame: Frame::Entity,
     columns: &[
         col("name", Text),
         col("first_name", Text),
@@ -62,6 +64,7 @@ pub const CONTACTS: TableDecl = TableDecl {
 pub const COMPANIES: TableDecl = TableDecl {
     name: "companies",
     custom_fields: true,
+    frame: Frame::Entity,
     columns: &[
         col("name", Text),
         col("responsible_user_id", Int),
@@ -79,6 +82,7 @@ pub const COMPANIES: TableDecl = TableDecl {
 pub const TASKS: TableDecl = TableDecl {
     name: "tasks",
     custom_fields: false,
+    frame: Frame::Entity,
     columns: &[
         col("text", Text),
         col("task_type_id", Int),
@@ -106,7 +110,7 @@ fn source<'a>(raw: &'a Value, column: &str) -> Option<&'a Value> {
     }
 }
 
-fn cell(kind: Kind, v: Option<&Value>) -> Cell {
+pub(crate) fn cell(kind: Kind, v: Option<&Value>) -> Cell {
     match kind {
         Int => Cell::Int(as_int(v)),
         Time => Cell::Time(as_int(v)),
@@ -119,6 +123,15 @@ fn cell(kind: Kind, v: Option<&Value>) -> Cell {
 
 /// A Kommo entity as a row of `table`.
 pub fn to_row(table: &TableDecl, record: &Record) -> Row {
+    row_from(table, record, source)
+}
+
+/// `record` as a row of `table`, each column's value found by `source`.
+pub(crate) fn row_from(
+    table: &TableDecl,
+    record: &Record,
+    source: for<'a> fn(&'a Value, &str) -> Option<&'a Value>,
+) -> Row {
     Row {
         account_id: account_of(&record.raw),
         id: record.id,

@@ -4,7 +4,11 @@
 //! setting, applied through the connection's `search_path`, so no single compile-time
 //! database could check them. The integration tests run every query against a real server.
 
+pub mod access;
+pub mod children;
 pub mod custom_fields;
+pub mod log;
+pub mod reference;
 pub mod rows;
 pub mod state;
 pub mod tokens;
@@ -159,6 +163,11 @@ pub struct Store {
     schema: String,
 }
 
+/// The schema beside the mirror's that holds what analysts must not read (the OAuth tokens).
+pub fn private_schema(schema: &str) -> String {
+    format!("{schema}_private")
+}
+
 impl Store {
     /// Connects with `search_path` set to the mirror's schema, so every name resolves there.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
@@ -168,10 +177,12 @@ impl Store {
             settings.connect.get_port(),
             settings.connect.get_database().unwrap_or("")
         );
+        // The private schema second: only the token store's names resolve there.
+        let path = format!("{},{}", settings.schema, private_schema(&settings.schema));
         let options = settings
             .connect
             .clone()
-            .options([("search_path", settings.schema.as_str())]);
+            .options([("search_path", path.as_str())]);
         let connect = || {
             PgPoolOptions::new()
                 .max_connections(settings.max_connections)
@@ -211,17 +222,19 @@ impl Store {
     /// before it creates its bookkeeping table).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // The schema name was validated as a plain identifier, so quoting it is enough.
-        match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema))
-            .execute(&self.pool)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if lost_a_creation_race(&e) => {}
-            Err(source) => {
-                return Err(StoreError::Query {
-                    doing: "creating the schema",
-                    source,
-                })
+        for schema in [self.schema.clone(), private_schema(&self.schema)] {
+            match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if lost_a_creation_race(&e) => {}
+                Err(source) => {
+                    return Err(StoreError::Query {
+                        doing: "creating the schema",
+                        source,
+                    })
+                }
             }
         }
         MIGRATOR

@@ -35,8 +35,8 @@ pub const fn col(name: &'static str, kind: Kind) -> ColumnDecl {
     ColumnDecl { name, kind }
 }
 
-/// A table of one stream: key `(account_id, id)`, `updated_at`, `raw`, `synced_at`, and the
-/// typed columns listed here.
+/// A table of one stream: key `(account_id, id)`, `raw`, `synced_at`, the frame's own
+/// columns, and the typed columns listed here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableDecl {
     pub name: &'static str,
@@ -44,6 +44,23 @@ pub struct TableDecl {
     /// Whether the entities have custom field values (kept in `custom_field_values` under
     /// `entity_type = name`, rewritten with the entity).
     pub custom_fields: bool,
+    pub frame: Frame,
+}
+
+/// What kind of rows a table holds, and so how they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Entities that carry their version (`updated_at`): a newer version replaces an older
+    /// one, never the other way round; `deleted_at` is set from the source's deletion log.
+    Entity,
+    /// Reference data without versions, refreshed whole: a row is rewritten when it differs,
+    /// and one no longer listed gets `gone_at` (it is kept: old entities still point at it).
+    /// `scope`: a key column that tells apart the streams sharing the table (its value is
+    /// the stream's [`crate::source::StreamDecl::scope`]).
+    Reference { scope: Option<&'static str> },
+    /// An append-only log, keyed by `(account_id, key)` (a declared text column): an entry
+    /// is written once and never changes.
+    Log { key: &'static str },
 }
 
 /// One typed value; `None` is SQL NULL.
@@ -72,7 +89,7 @@ pub struct Row {
     pub field_values: Vec<FieldValue>,
 }
 
-fn sql_type(kind: Kind) -> &'static str {
+pub(crate) fn sql_type(kind: Kind) -> &'static str {
     match kind {
         Kind::Int | Kind::Time => "bigint[]",
         Kind::Num | Kind::Text => "text[]",
@@ -81,11 +98,34 @@ fn sql_type(kind: Kind) -> &'static str {
     }
 }
 
-fn select_expr(c: &ColumnDecl) -> String {
+pub(crate) fn select_expr(c: &ColumnDecl) -> String {
     match c.kind {
         Kind::Time => format!("to_timestamp(u.{})", c.name),
         Kind::Num => format!("u.{}::numeric", c.name),
         _ => format!("u.{}", c.name),
+    }
+}
+
+/// Declared columns as the parts of an `INSERT … SELECT … FROM UNNEST(…)`: their names, one
+/// array parameter each from `$first` on, and each one's select expression over `u`.
+pub(crate) struct Unnest {
+    pub names: String,
+    pub params: String,
+    pub select: String,
+}
+
+pub(crate) fn unnest(columns: &[ColumnDecl], first: usize) -> Unnest {
+    let join = |parts: Vec<String>| parts.join(", ");
+    Unnest {
+        names: join(columns.iter().map(|c| c.name.to_string()).collect()),
+        params: join(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("${}::{}", i + first, sql_type(c.kind)))
+                .collect(),
+        ),
+        select: join(columns.iter().map(select_expr).collect()),
     }
 }
 
@@ -121,11 +161,16 @@ fn upsert_sql(t: &TableDecl) -> String {
     );
     let mut alias = vec!["account_id", "id", "updated_at", "raw"];
     alias.extend(&names);
-    let updates: Vec<String> = insert_cols
+    let mut updates: Vec<String> = insert_cols
         .iter()
         .skip(2)
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
+    // A version newer than the newest deletion is alive again.
+    updates.push(format!(
+        "deleted_at = {}",
+        super::log::DELETED_AT.replace("t.updated_at", "excluded.updated_at")
+    ));
     format!(
         "INSERT INTO {table} AS t ({cols})\n\
          SELECT {select}\n\
@@ -170,12 +215,13 @@ fn dedupe(rows: &[Row]) -> Vec<&Row> {
     out
 }
 
+/// Binds column `$i` of every row (`$cells`: a slice of cell vectors) as one array.
 macro_rules! bind_cells {
-    ($q:expr, $rows:expr, $i:expr, $variant:ident) => {
+    ($q:expr, $cells:expr, $i:expr, $variant:ident) => {
         $q.bind(
-            $rows
+            $cells
                 .iter()
-                .map(|r| match &r.cells[$i] {
+                .map(|r| match &r[$i] {
                     Cell::$variant(v) => v.clone(),
                     _ => None,
                 })
@@ -184,11 +230,41 @@ macro_rules! bind_cells {
     };
 }
 
-/// Upserts `rows` into `table` (and their custom field values) inside `tx`. Returns how
-/// many rows were inserted or changed.
-pub async fn upsert(tx: &mut Tx, table: &TableDecl, rows: &[Row]) -> Result<u64, StoreError> {
+/// Binds every declared column of `$cells`, in order.
+macro_rules! bind_columns {
+    ($q:expr, $columns:expr, $cells:expr) => {{
+        let mut q = $q;
+        for (i, c) in $columns.iter().enumerate() {
+            q = match c.kind {
+                Kind::Int => bind_cells!(q, $cells, i, Int),
+                Kind::Time => bind_cells!(q, $cells, i, Time),
+                Kind::Num => bind_cells!(q, $cells, i, Num),
+                Kind::Text => bind_cells!(q, $cells, i, Text),
+                Kind::Bool => bind_cells!(q, $cells, i, Bool),
+                Kind::Json => bind_cells!(q, $cells, i, Json),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use {bind_cells, bind_columns};
+
+/// Upserts `rows` into `table` (and their custom field values) inside `tx`. Returns the
+/// keys `(account_id, id)` of the rows inserted or changed: only their owned rows need
+/// rewriting.
+pub async fn upsert(
+    tx: &mut Tx,
+    table: &TableDecl,
+    rows: &[Row],
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    assert_eq!(
+        table.frame,
+        Frame::Entity,
+        "{} holds no entities",
+        table.name
+    );
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let rows = dedupe(rows);
     let sql = cached_sql(table);
@@ -197,16 +273,8 @@ pub async fn upsert(tx: &mut Tx, table: &TableDecl, rows: &[Row]) -> Result<u64,
         .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
-    for (i, c) in table.columns.iter().enumerate() {
-        q = match c.kind {
-            Kind::Int => bind_cells!(q, rows, i, Int),
-            Kind::Time => bind_cells!(q, rows, i, Time),
-            Kind::Num => bind_cells!(q, rows, i, Num),
-            Kind::Text => bind_cells!(q, rows, i, Text),
-            Kind::Bool => bind_cells!(q, rows, i, Bool),
-            Kind::Json => bind_cells!(q, rows, i, Json),
-        };
-    }
+    let cells: Vec<&Vec<Cell>> = rows.iter().map(|r| &r.cells).collect();
+    q = bind_columns!(q, table.columns, cells);
     let changed: Vec<(i64, i64)> = q
         .fetch_all(&mut **tx)
         .await
@@ -220,7 +288,7 @@ pub async fn upsert(tx: &mut Tx, table: &TableDecl, rows: &[Row]) -> Result<u64,
             .collect();
         custom_fields::replace(tx, table.name, &rewritten).await?;
     }
-    Ok(changed.len() as u64)
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -236,6 +304,7 @@ mod tests {
             col("tags", Kind::Json),
         ],
         custom_fields: false,
+        frame: Frame::Entity,
     };
 
     #[test]

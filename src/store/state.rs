@@ -95,6 +95,15 @@ fn n(v: u64) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
+/// A stream and where its rows are, for counting them.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamTable {
+    pub stream: &'static str,
+    pub table: &'static str,
+    /// Column and value that tell this stream's rows apart in a shared table.
+    pub scope: Option<(&'static str, &'static str)>,
+}
+
 impl Store {
     /// Reads a stream's stored cursor, if it has one.
     pub async fn load_cursor(
@@ -254,18 +263,24 @@ impl Store {
     }
 
     /// Per-stream status for `status`, with the number of rows of this account in each
-    /// stream's table (`tables`: stream name and table, from the source's declarations).
+    /// stream's table (`tables`: from the source's declarations).
     pub async fn status(
         &self,
         account: &str,
-        tables: &[(&str, &str)],
+        tables: &[StreamTable],
     ) -> Result<Vec<StreamStatus>, StoreError> {
-        // Table names come from the source's declarations, never from input.
+        // Names and scopes come from the source's declarations, never from input.
         let counts: String = tables
             .iter()
-            .map(|(stream, table)| {
+            .map(|t| {
+                let scope = t
+                    .scope
+                    .map_or(String::new(), |(c, v)| format!(" AND t.{c} = '{v}'"));
                 format!(
-                    "WHEN '{stream}' THEN (SELECT count(*) FROM {table} t WHERE t.account_id = s.account_id) "
+                    "WHEN '{stream}' THEN (SELECT count(*) FROM {table} t \
+                     WHERE t.account_id = s.account_id{scope}) ",
+                    stream = t.stream,
+                    table = t.table
                 )
             })
             .collect();

@@ -2,8 +2,11 @@
 //! (its I/O), and the schedule.
 
 pub mod cursor;
+pub mod log;
+pub mod refresh;
 pub mod run;
 pub mod scheduler;
 pub mod walk;
+pub mod write;
 
 pub use run::{EngineSettings, Finished, RunReport, SyncEngine, SyncError};

@@ -15,12 +15,16 @@ use tracing::Instrument;
 use super::cursor::{Cursor, StoredCursor};
 use super::walk::{ClockBound, Ticket, Walk, WalkError, WalkSettings};
 use crate::metrics::Metrics;
-use crate::source::{FailureKind, FetchError, Page, PageRequest, Source, StreamDecl};
+use crate::source::{FailureKind, FetchError, Page, PageRequest, Source, Strategy, StreamDecl};
 use crate::store::state::{RunCounts, RunEnd, RunOutcome, StreamHealth};
 use crate::store::{Store, StoreError};
 
 /// Pages never shrink below this after "ask for less".
 const MIN_PAGE: u32 = 10;
+
+/// How often a reference list that cannot be asked for in smaller pages is asked again after
+/// the server timed out building it.
+const MAX_ASK_AGAIN: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -43,6 +47,12 @@ pub enum SyncError {
         endpoint: String,
         #[source]
         source: WalkError,
+    },
+    #[error("{endpoint}: {source}")]
+    Refresh {
+        endpoint: String,
+        #[source]
+        source: super::refresh::RefreshError,
     },
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
@@ -109,6 +119,9 @@ pub struct SyncEngine<S: Source> {
     /// Queries sent in the last minute, per stream: a run never repeats one of an earlier
     /// run (two runs of a stream within one server second would ask the same first page).
     recent: Recent,
+    /// When each reference stream was last read whole: it is not read again within
+    /// [`NO_REPEAT`] (the same pages, asked again).
+    refreshed: std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>,
     source: Arc<S>,
     store: Store,
     account: String,
@@ -124,6 +137,7 @@ impl<S: Source> SyncEngine<S> {
     pub fn new(source: Arc<S>, store: Store, account: String, settings: EngineSettings) -> Self {
         SyncEngine {
             recent: Default::default(),
+            refreshed: Default::default(),
             slots: Arc::new(Semaphore::new(settings.parallelism.max(1))),
             source,
             store,
@@ -366,12 +380,17 @@ impl<S: Source> Run<'_, S> {
         full: bool,
         cancel: &CancellationToken,
     ) -> Result<Finished, SyncError> {
+        let kind = match self.decl.strategy {
+            Strategy::Changes(kind) => kind,
+            Strategy::Refresh { page_size } => return self.refresh(page_size, cancel).await,
+            Strategy::Log { page_size, .. } => return self.log(page_size, full, cancel).await,
+        };
         let engine = self.engine;
         let cursor = self.load(full).await?;
         self.synced_up_to = cursor.synced_up_to();
         let mut walk = Walk::new(
             self.decl.name,
-            self.decl.walk,
+            kind,
             cursor,
             &WalkSettings {
                 lag: engine.settings.lag_secs,
@@ -533,6 +552,290 @@ impl<S: Source> Run<'_, S> {
         Ok(None)
     }
 
+    /// Reads the new entries of a log, committing each page with the cursor it proves.
+    async fn log(
+        &mut self,
+        page_size: u32,
+        full: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, SyncError> {
+        use super::log::{LogCursor, LogWalk, Step};
+        let engine = self.engine;
+        let name = self.decl.name;
+        let cursor: LogCursor = if full {
+            LogCursor::default()
+        } else {
+            match engine.store.load_cursor(&engine.account, name).await? {
+                None => LogCursor::default(),
+                Some(v) => serde_json::from_value(v).map_err(|e| StoreError::BadCursor {
+                    stream: name.into(),
+                    detail: e.to_string(),
+                })?,
+            }
+        };
+        self.synced_up_to = cursor.through;
+        let mut walk = LogWalk::new(
+            name,
+            cursor,
+            page_size.min(engine.settings.page_size),
+            engine.settings.lag_secs,
+            Some(ClockBound {
+                local_now: Utc::now().timestamp(),
+                max_jump: engine.settings.max_clock_jump_secs,
+            }),
+        );
+        let walk_error = |source| SyncError::Walk {
+            endpoint: engine.source.endpoint(name),
+            source,
+        };
+        let mut req = walk.first();
+        let recent = engine.recently_sent(name);
+        loop {
+            // During a ban the run goes on to the source, which refuses and says why.
+            if recent.contains(&req) && engine.source.health().banned_until.is_none() {
+                // Two runs within one second ask the same window: the next run goes on.
+                tracing::info!(stream = name, "this query was sent less than a minute ago");
+                return Ok(Finished::Completed);
+            }
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                s = engine.slots.clone().acquire_owned() => s.expect("the slots are never closed"),
+            };
+            self.counts.requests += 1;
+            engine.sent(name, &req);
+            tracing::debug!(stream = name, created = ?req.created, page = req.page, "request");
+            let answer = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                a = engine.source.fetch(&req) => a,
+            };
+            drop(slot);
+            let page = match answer {
+                Ok(p) => p,
+                Err(e) if e.kind == FailureKind::Cancelled => return Ok(Finished::Cancelled),
+                Err(e) => return Err(e.into()),
+            };
+            let (records, step) = walk.take(page).map_err(walk_error)?;
+            let mut refetched = Vec::new();
+            let mut again = super::write::refetches(self.decl, &records);
+            for (stream, id) in super::write::relinked(self.decl, &records) {
+                self.counts.requests += 1;
+                let linked = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                    l = engine.source.linked_to(stream, id) => l,
+                };
+                let linked = match linked {
+                    Ok(l) => l,
+                    Err(e) if e.kind == FailureKind::Cancelled => return Ok(Finished::Cancelled),
+                    Err(e) => return Err(e.into()),
+                };
+                for (other, other_id) in linked {
+                    again
+                        .entry(other)
+                        .or_default()
+                        .entry(other_id)
+                        .or_insert(None);
+                }
+            }
+            for (stream, ids) in again {
+                let asked: Vec<i64> = ids.keys().copied().collect();
+                self.counts.requests += asked.len().div_ceil(50) as u64;
+                let found = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                    f = engine.source.fetch_ids(stream, &asked) => f,
+                };
+                let found = match found {
+                    Ok(f) => f,
+                    Err(e) if e.kind == FailureKind::Cancelled => return Ok(Finished::Cancelled),
+                    Err(e) => return Err(e.into()),
+                };
+                let present: std::collections::HashSet<i64> = found.iter().map(|r| r.id).collect();
+                let gone = ids
+                    .iter()
+                    .filter(|(id, _)| !present.contains(id))
+                    .filter_map(|(id, at)| at.map(|at| (*id, at)))
+                    .collect();
+                refetched.push(super::write::Refetched {
+                    stream,
+                    records: found,
+                    gone,
+                });
+            }
+            let cursor = walk.cursor();
+            let mut tx = engine.store.begin().await?;
+            let written = super::write::log(
+                &mut tx,
+                self.decl,
+                engine.source.streams(),
+                &records,
+                &refetched,
+            )
+            .await?;
+            let account_id = self
+                .decl
+                .rows(&records[..records.len().min(1)])
+                .first()
+                .map(|r| r.account_id);
+            crate::store::Store::save_cursor(
+                &mut tx,
+                &engine.account,
+                name,
+                &serde_json::to_value(&cursor).expect("a cursor serializes"),
+                written,
+                account_id,
+            )
+            .await?;
+            tx.commit().await.map_err(|source| StoreError::Query {
+                doing: "committing a page of the log",
+                source,
+            })?;
+            self.synced_up_to = cursor.through;
+            self.counts.pages += 1;
+            self.counts.rows_seen += records.len() as u64;
+            self.counts.rows_written += written;
+            if let Some(progress) = &engine.progress {
+                progress(name, &self.counts);
+            }
+            match step {
+                Step::Next(next) => req = next,
+                Step::Done => return Ok(Finished::Completed),
+            }
+        }
+    }
+
+    /// Reads a reference list whole and stores it in one transaction.
+    async fn refresh(
+        &mut self,
+        page_size: Option<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<Finished, SyncError> {
+        use super::refresh::{Listing, Next};
+        let engine = self.engine;
+        let name = self.decl.name;
+        let recently = engine
+            .refreshed
+            .lock()
+            .expect("refreshed lock")
+            .get(name)
+            .map(|at| at.elapsed())
+            .filter(|ago| *ago < NO_REPEAT)
+            // During a ban the run goes on to the source, which refuses and says why.
+            .filter(|_| engine.source.health().banned_until.is_none());
+        if let Some(ago) = recently {
+            tracing::info!(
+                stream = name,
+                "read whole {} s ago; not asked again within {} s",
+                ago.as_secs(),
+                NO_REPEAT.as_secs()
+            );
+            return Ok(Finished::Completed);
+        }
+        let mut listing = Listing::new(page_size.map(|p| p.min(engine.settings.page_size)));
+        let mut page = 1;
+        let mut timeouts = 0;
+        loop {
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                s = engine.slots.clone().acquire_owned() => s.expect("the slots are never closed"),
+            };
+            self.counts.requests += 1;
+            tracing::debug!(stream = name, page, limit = listing.limit(), "request");
+            let answer = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Finished::Cancelled),
+                a = engine.source.fetch_reference(name, page, listing.limit()) => a,
+            };
+            drop(slot);
+            engine
+                .refreshed
+                .lock()
+                .expect("refreshed lock")
+                .insert(name, std::time::Instant::now());
+            let got = match answer {
+                Ok(p) => p,
+                Err(e) if e.kind == FailureKind::Cancelled => return Ok(Finished::Cancelled),
+                // Offsets count in pages of one size: the list is read again from its start.
+                Err(e) if e.kind == FailureKind::AskForLess && listing.limit() / 2 >= MIN_PAGE => {
+                    tracing::warn!(
+                        stream = name,
+                        limit = listing.limit(),
+                        "the server asked for smaller pages"
+                    );
+                    listing = Listing::new(Some(listing.limit() / 2));
+                    page = 1;
+                    continue;
+                }
+                // An answer that cannot be made smaller (one page, or the smallest): asked
+                // again a few times, as any transient failure.
+                Err(e) if e.kind == FailureKind::AskForLess && timeouts < MAX_ASK_AGAIN => {
+                    timeouts += 1;
+                    tracing::warn!(
+                        stream = name,
+                        "the server timed out building the list; asking again"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let next = listing.take(got).map_err(|source| SyncError::Refresh {
+                endpoint: engine.source.endpoint(name),
+                source,
+            })?;
+            match next {
+                Next::Page(p) => page = p,
+                Next::Done => break,
+            }
+        }
+        for note in &listing.notes {
+            tracing::warn!(stream = name, "{note}");
+        }
+        let server_time = listing.server_time;
+        let given = listing.account_id;
+        let records = listing.into_records();
+        let account_id = given
+            .or_else(|| {
+                self.decl
+                    .rows(&records)
+                    .iter()
+                    .map(|r| r.account_id)
+                    .find(|a| *a != 0)
+            })
+            .unwrap_or(0);
+        let cursor = Cursor {
+            through: server_time,
+            ..Cursor::default()
+        };
+        let mut tx = engine.store.begin().await?;
+        let done = super::write::reference(&mut tx, self.decl, account_id, &records).await?;
+        let written = (done.written.len() + done.gone.len()) as u64;
+        crate::store::Store::save_cursor(
+            &mut tx,
+            &engine.account,
+            name,
+            &stored(&cursor),
+            written,
+            (account_id != 0).then_some(account_id),
+        )
+        .await?;
+        tx.commit().await.map_err(|source| StoreError::Query {
+            doing: "committing a reference list",
+            source,
+        })?;
+        if !done.gone.is_empty() {
+            tracing::info!(
+                stream = name,
+                gone = done.gone.len(),
+                "entries no longer listed, marked gone"
+            );
+        }
+        self.synced_up_to = cursor.synced_up_to();
+        self.counts.pages += u64::from(page);
+        self.counts.rows_seen += records.len() as u64;
+        self.counts.rows_written += written;
+        if let Some(progress) = &engine.progress {
+            progress(name, &self.counts);
+        }
+        Ok(Finished::Completed)
+    }
+
     /// Writes `records` and the walk's cursor in one transaction.
     async fn commit(
         &mut self,
@@ -542,9 +845,12 @@ impl<S: Source> Run<'_, S> {
         let engine = self.engine;
         let cursor = walk.cursor();
         let mut tx = engine.store.begin().await?;
-        let rows = self.decl.rows(records);
-        let written = crate::store::rows::upsert(&mut tx, self.decl.table, &rows).await?;
-        let account_id = rows.first().map(|r| r.account_id);
+        let written = super::write::entities(&mut tx, self.decl, records).await?;
+        let account_id = self
+            .decl
+            .rows(&records[..records.len().min(1)])
+            .first()
+            .map(|r| r.account_id);
         crate::store::Store::save_cursor(
             &mut tx,
             &engine.account,

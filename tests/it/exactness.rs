@@ -35,7 +35,7 @@ async fn mirrors_exactly_while_the_account_changes(ims_mode: ImsMode) {
         ..MutatorConfig::default()
     });
     let full = t.app.sync_once(&[], true).await.expect("full sync");
-    assert_eq!(full.len(), 4);
+    assert_eq!(full.len(), kommo_sync::kommo::STREAMS.len());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         t.sync().await;

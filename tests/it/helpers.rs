@@ -130,7 +130,10 @@ pub async fn spawn(cfg: SimConfig, extra: &[(&str, &str)]) -> TestApp {
         .expect("app builds");
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&format!("{}?options=-c%20search_path%3Dkommo", db.url))
+        .connect(&format!(
+            "{}?options=-c%20search_path%3Dkommo%2Ckommo_private",
+            db.url
+        ))
         .await
         .unwrap();
     TestApp {
@@ -203,9 +206,23 @@ impl TestApp {
     pub async fn assert_mirrors(&self, entities: &[Entity]) {
         let sim = self.sim.sim();
         for &entity in entities {
-            let rows = self.rows(entity).await;
-            let dump = sim.dump(entity);
-            let deleted: HashSet<i64> = sim.deleted_ids(entity).into_iter().collect();
+            let mut rows = self.rows(entity).await;
+            // A lead's contacts are not part of its version: Kommo lists them only when
+            // asked, and a contact deleted or linked changes them without a new
+            // `updated_at`. The entity is compared without them; the links are checked
+            // against the simulator's own index (see `reference.rs`).
+            for (_, raw) in rows.values_mut() {
+                if let Some(e) = raw.get_mut("_embedded").and_then(Value::as_object_mut) {
+                    e.remove("contacts");
+                }
+            }
+            let dump = sim.dump_with(entity, kommo_sim::With::NONE);
+            // Merged away is gone too.
+            let deleted: HashSet<i64> = sim
+                .deleted_ids(entity)
+                .into_iter()
+                .chain(sim.merged_ids(entity))
+                .collect();
             let mut missing = Vec::new();
             let mut stale = Vec::new();
             for item in &dump {

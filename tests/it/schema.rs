@@ -27,13 +27,16 @@ async fn every_table_and_column_has_a_comment() {
     );
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'kommo' AND c.relkind = 'r' AND c.relname NOT LIKE '\\_sqlx%' \
+         WHERE n.nspname = 'kommo' AND c.relkind IN ('r', 'v') AND c.relname NOT LIKE '\\_sqlx%' \
            AND obj_description(c.oid, 'pg_class') IS NULL",
     )
     .fetch_all(&t.pool)
     .await
     .unwrap();
-    assert!(tables.is_empty(), "tables without COMMENT: {tables:?}");
+    assert!(
+        tables.is_empty(),
+        "tables and views without COMMENT: {tables:?}"
+    );
 }
 
 /// Ticks every second against a server slow enough that a run takes longer: the runs of
@@ -91,4 +94,55 @@ async fn a_stream_never_runs_twice_at_once() {
         }
     }
     t.assert_polite();
+}
+
+/// Analysts get a role that reads the mirror and nothing else: not the tokens, no writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysts_role_reads_the_mirror_and_not_the_tokens() {
+    let t = spawn(small_account(), &[]).await;
+    t.sync().await;
+    let suffix = rand::random::<u32>();
+    let role = format!("kommo_reader_{suffix}");
+    let person = format!("analyst_{suffix}");
+    t.app.store.grant_read(&role).await.unwrap();
+    // Twice is fine (the command may be run again after an upgrade).
+    t.app.store.grant_read(&role).await.unwrap();
+    sqlx::query(&format!("CREATE ROLE {person} LOGIN IN ROLE {role}"))
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&t.db.url).unwrap();
+    url.set_username(&person).unwrap();
+    url.set_password(None).unwrap();
+    let reader = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{url}?options=-c%20search_path%3Dkommo"))
+        .await
+        .unwrap();
+    let leads: i64 = sqlx::query_scalar("SELECT count(*) FROM leads_v")
+        .fetch_one(&reader)
+        .await
+        .unwrap();
+    assert!(leads > 0);
+    let tokens = sqlx::query("SELECT * FROM kommo_private.oauth_tokens")
+        .execute(&reader)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(tokens.contains("permission denied"), "{tokens}");
+    let write = sqlx::query("DELETE FROM leads")
+        .execute(&reader)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(write.contains("permission denied"), "{write}");
+    reader.close().await;
+    // Roles belong to the cluster: take them away again.
+    for sql in [
+        format!("DROP OWNED BY {role}, {person}"),
+        format!("DROP ROLE {person}"),
+        format!("DROP ROLE {role}"),
+    ] {
+        sqlx::query(&sql).execute(&t.pool).await.unwrap();
+    }
 }

@@ -20,19 +20,32 @@ async fn nothing_changed_costs_one_request_per_stream_and_writes_nothing() {
     t.let_lag_pass();
     let reports = t.sync().await;
 
+    // One request per entity stream and one for the event log; reference lists were read
+    // whole less than a minute ago and are not asked again.
     let c = sim.counters();
-    assert_eq!(c.requests, 4, "{c:?}");
-    for e in ENTITIES {
+    assert_eq!(c.requests, 5, "{c:?}");
+    for path in ENTITIES.iter().map(|e| e.as_str()).chain(["events"]) {
         assert_eq!(
-            c.requests_by_path.get(&format!("/api/v4/{}", e.as_str())),
+            c.requests_by_path.get(&format!("/api/v4/{path}")),
             Some(&1),
             "{c:?}"
         );
     }
+    let entity = |r: &&kommo_sync::sync::RunReport| {
+        ENTITIES.iter().any(|e| e.as_str() == r.stream) || r.stream == "events"
+    };
     assert!(
         reports
             .iter()
+            .filter(entity)
             .all(|r| r.counts.rows_written == 0 && r.counts.requests == 1),
+        "{reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .filter(|r| !entity(r))
+            .all(|r| r.counts.requests == 0),
         "{reports:?}"
     );
     for (i, e) in ENTITIES.iter().enumerate() {
@@ -43,6 +56,59 @@ async fn nothing_changed_costs_one_request_per_stream_and_writes_nothing() {
             e.as_str()
         );
     }
+}
+
+/// A later process reads each reference list again: one request per page of it (the lead
+/// field definitions take two pages of 50), and an unchanged list rewrites no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_reference_list_costs_its_pages_and_writes_nothing() {
+    let t = spawn(small_account(), &[]).await;
+    t.sync().await;
+    let tables = [
+        "pipelines",
+        "pipeline_statuses",
+        "users",
+        "custom_fields",
+        "custom_field_enums",
+        "tags",
+    ];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(xmins(&t, table).await);
+    }
+    let settings = kommo_sync::config::Settings::load_from(None, t.env.clone()).unwrap();
+    let later = kommo_sync::app::App::build(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let sim = t.sim.sim();
+    t.let_lag_pass();
+    sim.reset_counters();
+    let reports = later.sync_once(&[], false).await.unwrap();
+    let lead_fields = sim.reference().fields[Entity::Leads.index()].len();
+    for r in &reports {
+        let expected = match r.stream.as_str() {
+            "lead_custom_fields" => lead_fields.div_ceil(50) as u64,
+            _ => 1,
+        };
+        assert_eq!(r.counts.requests, expected, "{r:?}");
+        assert_eq!(r.counts.rows_written, 0, "{r:?}");
+    }
+    for (i, table) in tables.iter().enumerate() {
+        assert_eq!(
+            xmins(&t, table).await,
+            before[i],
+            "{table} rows were rewritten"
+        );
+    }
+}
+
+async fn xmins(t: &TestApp, table: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(&format!(
+        "SELECT t::text, xmin::text::bigint FROM {table} t ORDER BY 1"
+    ))
+    .fetch_all(&t.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,6 +123,7 @@ async fn an_edit_is_picked_up_by_the_next_poll_with_few_requests() {
     let reports = t.sync().await;
     let companies = reports.iter().find(|r| r.stream == "companies").unwrap();
     assert_eq!(companies.counts.rows_written, 1);
-    assert!(sim.counters().requests <= 5);
+    // Four entity streams (one of them two pages) and the event log.
+    assert!(sim.counters().requests <= 6);
     t.assert_mirrors_simulator().await;
 }

@@ -21,7 +21,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::source::{Page, PageRequest, Record, WalkKind};
 use crate::sync::cursor::{ById, Cursor, Key, Plan, Position, Window};
-use page::{Ctx, Fallback, Param, Step};
+pub use page::Param;
+use page::{Ctx, Fallback, Step};
 use plan::{Learned, Target};
 
 /// Items consecutive pages of a walk by offset share at first: two items may leave the list
@@ -841,6 +842,7 @@ mod clock_tests {
             Page {
                 records: Vec::new(),
                 server_time: Some(server_time),
+                ..Page::default()
             },
         )?;
         Ok(walk.cursor())

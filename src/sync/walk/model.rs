@@ -54,6 +54,7 @@ impl Ignored {
             Param::OrderUpdatedAt => self.order_updated,
             Param::OrderCreatedAt => self.order_created,
             Param::OrderId => self.order_id,
+            Param::Page => false,
         }
     }
 
@@ -371,6 +372,7 @@ impl Model {
         Page {
             records,
             server_time,
+            ..Page::default()
         }
     }
 }

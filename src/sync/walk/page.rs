@@ -31,6 +31,8 @@ pub enum Param {
     OrderUpdatedAt,
     OrderCreatedAt,
     OrderId,
+    /// `page` (a log walked by page numbers).
+    Page,
 }
 
 impl std::fmt::Display for Param {
@@ -41,6 +43,7 @@ impl std::fmt::Display for Param {
             Param::OrderUpdatedAt => "order[updated_at]",
             Param::OrderCreatedAt => "order[created_at]",
             Param::OrderId => "order[id]",
+            Param::Page => "page",
         })
     }
 }
