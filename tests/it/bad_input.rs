@@ -20,7 +20,7 @@ async fn cursor(t: &TestApp, stream: &str) -> serde_json::Value {
 /// A body that stays broken ends the run with a message naming the problem; what was
 /// stored before, and the cursor, are untouched; the next run catches up.
 async fn broken_bodies_fail_clearly_and_lose_nothing(fault: Fault, expect: &str) {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     t.sync().await;
     let before = t.versions(Entity::Leads).await;
     let cursor_before = cursor(&t, "leads").await;
@@ -55,7 +55,7 @@ async fn a_truncated_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_broken_body_is_retried_transparently() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     t.sim.sim().inject(Fault::NonJson200, 1);
     t.sim.sim().inject(Fault::Truncated200, 1);
     t.sync().await;
@@ -66,7 +66,7 @@ async fn a_single_broken_body_is_retried_transparently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_fields_nulls_and_wrong_types_are_stored() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let sim = t.sim.sim();
     let now = sim.now();
     sim.put_raw(
@@ -130,7 +130,7 @@ async fn an_unreachable_postgres_is_a_clear_error() {
 /// cursor where it was; the next run (an honest clock) mirrors the edits made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_date_a_year_ahead_is_refused_and_moves_no_cursor() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     t.sync().await;
     let before = cursor(&t, "leads").await;
     let sim = t.sim.sim();

@@ -36,7 +36,7 @@ fn account(behaviour: impl FnOnce(&mut SimConfig)) -> SimConfig {
 /// deletes; then one more run after it stops. Each stream then mirrors the simulator, or
 /// (where allowed) every run of it failed naming the parameter.
 async fn under(cfg: SimConfig, expect: impl Fn(Entity) -> Expect) {
-    let t = spawn(cfg, &[]).await;
+    let t = spawn_entities(cfg, &[]).await;
     let sim = t.sim.sim();
     let mutator = sim.start_mutator(MutatorConfig {
         ops_per_sec: 30,
@@ -236,7 +236,7 @@ async fn exact_when_the_server_caps_pages_silently() {
 /// requests, and never asks the same query twice within 60 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowded_import_under_churn_is_walked_in_one_pass() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             leads: 20_000,
             contacts: 0,

@@ -22,7 +22,7 @@ fn binary() -> Command {
 /// restarted by systemd) sends nothing at all until it ends, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_started_during_a_stored_ban_sends_nothing() {
-    let t = spawn(
+    let t = spawn_entities(
         small_account(),
         &[
             ("KOMMO_SYNC__KOMMO__BAN_BACKOFF_SECS", "120"),
@@ -77,7 +77,7 @@ async fn a_process_started_during_a_stored_ban_sends_nothing() {
 /// starts its own, and its own end as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_left_running_by_a_dead_process_are_closed_as_interrupted() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let account = t.app.settings.kommo.account_key();
     sqlx::query("INSERT INTO sync_runs (account, stream, full_sync) VALUES ($1, 'leads', true), ('other.kommo.com', 'leads', true)")
         .bind(&account)
@@ -113,7 +113,7 @@ async fn runs_left_running_by_a_dead_process_are_closed_as_interrupted() {
 /// The entity tables hold several accounts' rows; `status` counts the configured one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_only_the_configured_account() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     t.sync().await;
     sqlx::query(
         "INSERT INTO leads (account_id, id, updated_at, raw) \
@@ -136,7 +136,7 @@ async fn status_counts_only_the_configured_account() {
 /// next sync goes on from it and ends exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_stored_by_the_previous_version_still_loads() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     t.sync().await;
     let sim = t.sim.sim();
     let ids: Vec<i64> = sim.dump(Entity::Leads)[..20]

@@ -28,7 +28,7 @@ fn assert_not_rewritten(earlier: &BTreeMap<i64, i64>, now: &BTreeMap<i64, i64>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_dropped_at_random_instants_resumes_exactly_without_rewriting_rows() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             leads: 1500,
             contacts: 1200,

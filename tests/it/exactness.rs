@@ -10,7 +10,7 @@ use crate::helpers::*;
 /// entities in one second) and deletes; then one more run after it stops. Postgres must
 /// then equal the simulator, whatever `If-Modified-Since` does.
 async fn mirrors_exactly_while_the_account_changes(ims_mode: ImsMode) {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             ims_mode,
             tie_order: TieOrder::Shuffled,
@@ -35,7 +35,7 @@ async fn mirrors_exactly_while_the_account_changes(ims_mode: ImsMode) {
         ..MutatorConfig::default()
     });
     let full = t.app.sync_once(&[], true).await.expect("full sync");
-    assert_eq!(full.len(), kommo_sync::kommo::STREAMS.len());
+    assert_eq!(full.len(), ENTITIES.len());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         t.sync().await;
@@ -75,7 +75,7 @@ async fn exact_when_if_modified_since_is_ignored() {
 /// every request: the walk of a single second must still see each one exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_edit_larger_than_several_pages_is_mirrored_once() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             leads: 1500,
             tasks: 1500,
@@ -108,7 +108,7 @@ async fn a_bulk_edit_larger_than_several_pages_is_mirrored_once() {
 /// window never reaches closer to the server's "now" than the lag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_visible_edits_are_not_missed() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             visibility_delay_secs: 2,
             ..small_account()
@@ -135,7 +135,7 @@ async fn late_visible_edits_are_not_missed() {
 /// exactly (the window comes from the server's Date).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skewed_server_clock_changes_nothing() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             clock_offset_secs: 86_400,
             ..small_account()

@@ -146,6 +146,29 @@ pub async fn spawn(cfg: SimConfig, extra: &[(&str, &str)]) -> TestApp {
     }
 }
 
+/// [`spawn`] with every stream but the four entity lists turned off: for tests of the entity
+/// walk, which need not read the event log and the reference lists (a small account's log
+/// alone is 22 pages). Binaries started with `t.env` inherit the same choice.
+pub async fn spawn_entities(cfg: SimConfig, extra: &[(&str, &str)]) -> TestApp {
+    let off = entity_streams_only();
+    let mut all: Vec<(&str, &str)> = off.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(extra);
+    spawn(cfg, &all).await
+}
+
+/// Settings that turn off every declared stream that is not an entity list.
+pub fn entity_streams_only() -> Vec<(String, String)> {
+    kommo_sync::kommo::stream_names()
+        .filter(|s| !ENTITIES.iter().any(|e| e.as_str() == *s))
+        .map(|s| {
+            (
+                format!("KOMMO_SYNC__STREAMS__{}__ENABLED", s.to_uppercase()),
+                "false".to_string(),
+            )
+        })
+        .collect()
+}
+
 /// A small account: fast to sync, still several pages per stream.
 pub fn small_account() -> SimConfig {
     SimConfig {

@@ -48,7 +48,7 @@ fn oauth_of(app: &App) -> Arc<OAuth> {
 async fn spawn_oauth(ttl: u64, cfg: SimConfig, extra: &[(&str, &str)]) -> TestApp {
     let mut env: Vec<(&str, &str)> = OAUTH_ENV.to_vec();
     env.extend_from_slice(extra);
-    let t = spawn(oauth_account(ttl, cfg), &env).await;
+    let t = spawn_entities(oauth_account(ttl, cfg), &env).await;
     oauth_of(&t.app)
         .exchange("sim-code")
         .await
@@ -211,7 +211,7 @@ fn cli(t: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_explains_refused_credentials_and_exits_non_zero() {
-    let t = spawn(oauth_account(60, small_account()), OAUTH_ENV).await;
+    let t = spawn_entities(oauth_account(60, small_account()), OAUTH_ENV).await;
     let t = &t;
     let (code, text) =
         tokio::task::block_in_place(|| cli(t, &["auth", "exchange", "--code", "not-a-code"], &[]));
@@ -247,7 +247,7 @@ async fn the_cli_explains_refused_credentials_and_exits_non_zero() {
 /// Tokens and the client secret appear in no log line, error or output, at trace level too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_or_output() {
-    let t = spawn(
+    let t = spawn_entities(
         oauth_account(
             4,
             SimConfig {

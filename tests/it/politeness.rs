@@ -9,7 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_retry_after_makes_every_worker_wait_then_succeed() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let sim = t.sim.sim();
     sim.inject(Fault::Status429WithHeader(2), 1);
     let start = Instant::now();
@@ -30,7 +30,7 @@ async fn a_429_with_retry_after_makes_every_worker_wait_then_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_html_429_without_retry_after_backs_off_and_succeeds() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let sim = t.sim.sim();
     sim.inject(Fault::Html429, 2);
     t.sync().await;
@@ -43,7 +43,7 @@ async fn an_html_429_without_retry_after_backs_off_and_succeeds() {
 /// the first 429s, slows down, and is never banned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stricter_server_throttles_once_and_never_bans() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             max_rps: 5,
             leads: 2000,
@@ -64,7 +64,7 @@ async fn a_stricter_server_throttles_once_and_never_bans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_stops_all_traffic_for_the_back_off_and_is_reported() {
-    let t = spawn(
+    let t = spawn_entities(
         small_account(),
         &[
             ("KOMMO_SYNC__KOMMO__BAN_BACKOFF_SECS", "2"),
@@ -88,7 +88,7 @@ async fn a_403_stops_all_traffic_for_the_back_off_and_is_reported() {
     assert_eq!(sim.counters().requests, after_ban.requests);
 
     let status = t.app.status().await.unwrap();
-    assert_eq!(status.len(), kommo_sync::kommo::STREAMS.len());
+    assert_eq!(status.len(), ENTITIES.len());
     for s in &status {
         assert_eq!(s.state, "banned", "{s:?}");
         assert!(
@@ -114,7 +114,7 @@ async fn a_403_stops_all_traffic_for_the_back_off_and_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_a_gateway_timeout_are_retried_within_bounds() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let sim = t.sim.sim();
     sim.inject(Fault::Status(500), 2);
     sim.inject(Fault::Status(504), 1);
@@ -131,7 +131,7 @@ async fn server_errors_and_a_gateway_timeout_are_retried_within_bounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_hangs_times_out_and_is_retried() {
-    let t = spawn(
+    let t = spawn_entities(
         small_account(),
         &[("KOMMO_SYNC__KOMMO__REQUEST_TIMEOUT_SECS", "1")],
     )

@@ -67,7 +67,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_match_what_the_simulator_counted() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let (base, cancel) = serve(&t).await;
     let reports = t.sync().await;
     let (status, text) = get(&format!("{base}/metrics")).await;
@@ -109,7 +109,7 @@ async fn metrics_parse_and_match_what_the_simulator_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_unready_when_the_simulator_bans() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let (base, cancel) = serve(&t).await;
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     let (status, body) = get(&format!("{base}/readyz")).await;
@@ -132,7 +132,7 @@ async fn readyz_turns_unready_when_the_simulator_bans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_unready_when_postgres_stops() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let (base, cancel) = serve(&t).await;
     t.app.scheduled.store(true, Ordering::Relaxed);
     assert_eq!(get(&format!("{base}/readyz")).await.0, 200);

@@ -110,7 +110,7 @@ impl Drop for Load {
 async fn requests_keep_their_spacing_while_every_cpu_is_busy() {
     const REQUESTS: usize = 60;
     const SENDERS: usize = 3;
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let kommo = &t.app.settings.kommo;
     let margin = kommo.spacing_margin;
     let spacing = t.app.client.politeness().spacing();
@@ -195,7 +195,7 @@ async fn requests_keep_their_spacing_while_every_cpu_is_busy() {
 /// says it timed out (not only "error sending request"), without the URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_keeps_timing_out_fails_naming_the_timeout() {
-    let t = spawn(
+    let t = spawn_entities(
         small_account(),
         &[
             ("KOMMO_SYNC__KOMMO__REQUEST_TIMEOUT_SECS", "1"),
@@ -227,7 +227,7 @@ async fn a_request_that_keeps_timing_out_fails_naming_the_timeout() {
 /// Shutdown during a retry back-off ends it at once, and nothing more is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_a_retry_back_off_at_once() {
-    let t = spawn(small_account(), &[("KOMMO_SYNC__KOMMO__MAX_RETRIES", "10")]).await;
+    let t = spawn_entities(small_account(), &[("KOMMO_SYNC__KOMMO__MAX_RETRIES", "10")]).await;
     let sim = t.sim.sim();
     sim.inject(Fault::Status(500), 10);
     let client = t.app.client.clone();
