@@ -16,6 +16,7 @@ use crate::source::Source;
 use crate::store::state::{StreamStatus, StreamTable};
 use crate::store::tokens::PgTokens;
 use crate::store::Store;
+use crate::sync::reconcile::Reconciled;
 use crate::sync::run::ProgressFn;
 use crate::sync::scheduler::{run_schedules, Schedule};
 use crate::sync::{EngineSettings, RunReport, SyncEngine, SyncError};
@@ -104,6 +105,9 @@ impl App {
                 max_clock_jump_secs: settings.sync.max_clock_jump_secs,
                 parallelism: settings.sync.parallelism,
                 page_size: settings.kommo.page_size,
+                reconcile_every: (settings.sync.reconcile_every_hours > 0).then(|| {
+                    Duration::from_secs(u64::from(settings.sync.reconcile_every_hours) * 3600)
+                }),
             },
         )
         .with_metrics(metrics.clone());
@@ -181,6 +185,30 @@ impl App {
             .map(|n| self.engine.run_stream(n, full, &self.cancel));
         let results = futures::future::join_all(runs).await;
         Ok(names.into_iter().zip(results).collect())
+    }
+
+    /// Compares each of `streams` (every enabled entity list when empty) with the mirror by
+    /// id now, one after the other; see [`crate::sync::reconcile`]. Stops at the first
+    /// failure; `None` for a stream means it was cancelled.
+    pub async fn reconcile(
+        &self,
+        streams: &[String],
+    ) -> Result<Vec<(String, Option<Reconciled>)>, SyncError> {
+        let names: Vec<String> = if streams.is_empty() {
+            let enabled = self.settings.enabled_streams();
+            crate::kommo::entity_stream_names()
+                .filter(|n| enabled.iter().any(|e| e == n))
+                .map(str::to_string)
+                .collect()
+        } else {
+            streams.to_vec()
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let done = self.engine.reconcile(&name, &self.cancel).await?;
+            out.push((name, done));
+        }
+        Ok(out)
     }
 
     /// The daemon: the side server (if configured) and scheduled runs of every enabled

@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Compare entity lists with the mirror by id now, and mark the rows they no longer list
+    /// deleted (each is asked for by id first; rows are kept, `deleted_at` is set). The
+    /// daemon does this every `sync.reconcile_every_hours`; it catches deletions the event
+    /// log no longer shows. Costs one request per 250 entities.
+    Reconcile {
+        /// Entity stream to compare (repeat for several). Default: every enabled one.
+        #[arg(long = "stream", short = 's', value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(crate::kommo::entity_stream_names()))]
+        streams: Vec<String>,
+    },
     /// Show each stream's cursor, last success, last error and row count.
     Status {
         /// Print JSON instead of a table.
@@ -176,6 +185,19 @@ fn runnable(command: &Command, settings: &Settings) -> Result<(), String> {
         {
             Err(format!("{no_streams}, or name them with --stream"))
         }
+        Command::Reconcile { streams }
+            if streams.is_empty()
+                && !crate::kommo::entity_stream_names()
+                    .any(|n| settings.enabled_streams().iter().any(|e| e == n)) =>
+        {
+            Err(format!(
+                "no entity stream is enabled, so there is no list to compare: enable one \
+                 (KOMMO_SYNC__STREAMS__LEADS__ENABLED=true), or name it with --stream ({})",
+                crate::kommo::entity_stream_names()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -273,6 +295,29 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Reconcile { streams } => {
+            let cancel = CancellationToken::new();
+            let app = App::build(settings, cancel.clone()).await?;
+            tokio::spawn({
+                let cancel = cancel.clone();
+                async move {
+                    shutdown_signal().await;
+                    cancel.cancel();
+                }
+            });
+            let result = app.reconcile(&streams).await;
+            app.client.settle().await;
+            for (stream, done) in result? {
+                match done {
+                    Some(d) => println!(
+                        "{stream:<10} requests {:>5}  listed {:>7}  not listed {:>5}  marked deleted {:>5}  found again {:>5}",
+                        d.requests, d.listed, d.candidates, d.gone, d.found
+                    ),
+                    None => println!("{stream:<10} not compared (stopped, or compared less than a minute ago)"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { .. } => unreachable!("handled before settings are loaded"),
         Command::Auth { action } => auth_command(action, settings).await,

@@ -264,6 +264,8 @@ pub struct SyncSettings {
     pub max_clock_jump_secs: i64,
     pub parallelism: usize,
     pub run_at_startup: bool,
+    /// Hours between comparisons of each entity list with the mirror by id; 0: never.
+    pub reconcile_every_hours: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

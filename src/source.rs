@@ -190,6 +190,14 @@ pub struct Page {
     pub account_id: Option<i64>,
 }
 
+/// Entities read by id, and what reading them cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ById {
+    pub records: Vec<Record>,
+    /// Requests sent (more than one per chunk where the filter by id is not honoured).
+    pub requests: u64,
+}
+
 /// How a failed fetch should be handled by the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -270,7 +278,7 @@ pub trait Source: Send + Sync + 'static {
         &self,
         stream: &'static str,
         ids: &[i64],
-    ) -> impl Future<Output = Result<Vec<Record>, FetchError>> + Send;
+    ) -> impl Future<Output = Result<ById, FetchError>> + Send;
 
     /// The entities (stream, id) that list this one among their links, as the source says now.
     fn linked_to(

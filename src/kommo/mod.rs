@@ -16,7 +16,7 @@ pub use client::KommoClient;
 pub use error::KommoError;
 
 use crate::source::{
-    ChildDecl, FetchError, Order, Page, PageRequest, Record, Source, SourceHealth, Strategy,
+    ById, ChildDecl, FetchError, Order, Page, PageRequest, Source, SourceHealth, Strategy,
     StreamDecl, WalkKind,
 };
 use crate::store::rows::{Frame, TableDecl};
@@ -157,6 +157,14 @@ pub fn stream_names() -> impl Iterator<Item = &'static str> {
     STREAMS.iter().map(|s| s.name)
 }
 
+/// The entity lists (walked for changes; the ones a reconciliation compares by id).
+pub fn entity_stream_names() -> impl Iterator<Item = &'static str> {
+    STREAMS
+        .iter()
+        .filter(|s| s.walk().is_some())
+        .map(|s| s.name)
+}
+
 /// The list endpoints of one account as a [`Source`].
 #[derive(Clone, Debug)]
 pub struct KommoSource {
@@ -285,13 +293,10 @@ impl Source for KommoSource {
         })
     }
 
-    async fn fetch_ids(
-        &self,
-        stream: &'static str,
-        ids: &[i64],
-    ) -> Result<Vec<Record>, FetchError> {
+    async fn fetch_ids(&self, stream: &'static str, ids: &[i64]) -> Result<ById, FetchError> {
         let path = format!("/api/v4/{stream}");
         let mut out = Vec::new();
+        let mut requests = 0;
         for chunk in ids.chunks(IDS_PER_REQUEST) {
             let mut query: Vec<(String, String)> = chunk
                 .iter()
@@ -301,6 +306,7 @@ impl Source for KommoSource {
             if let Some(with) = with_for(stream) {
                 query.push(("with".into(), with.into()));
             }
+            requests += 1;
             let answer = self.client.get(&path, &query, None).await?;
             let records = match answer.body {
                 None => Vec::new(),
@@ -323,6 +329,7 @@ impl Source for KommoSource {
                     .map(|w| ("with".to_string(), w.to_string()))
                     .into_iter()
                     .collect();
+                requests += 1;
                 match self.client.get(&one, &with, None).await {
                     Ok(answer) => {
                         if let Some(raw) = answer.body {
@@ -334,7 +341,10 @@ impl Source for KommoSource {
                 }
             }
         }
-        Ok(out)
+        Ok(ById {
+            records: out,
+            requests,
+        })
     }
 
     async fn linked_to(

@@ -14,7 +14,7 @@
 //! stays deleted.
 
 use super::rows::{bind_cells, bind_columns, unnest, Cell, Frame, Kind, Row, TableDecl};
-use super::{Doing, StoreError, Tx};
+use super::{Doing, Store, StoreError, Tx};
 
 /// `deleted_at` as derived from a row's effect times and version (SQL, columns of `t`).
 pub(crate) const DELETED_AT: &str = "CASE WHEN t.deleted_event_at IS NOT NULL \
@@ -55,17 +55,19 @@ pub async fn append(tx: &mut Tx, table: &TableDecl, rows: &[Row]) -> Result<u64,
 pub enum Mark {
     Deleted,
     Restored,
-    /// Read again after a restore and found: alive, whatever tie of seconds the log shows.
+    /// Read again at `at` and found: alive, whatever tie of seconds the log shows, unless
+    /// deleted again after `at`.
     Found,
 }
 
-/// Applies effects of one kind to entity rows of `table`: `(account_id, id, at)`.
+/// Applies effects of one kind to entity rows of `table`: `(account_id, id, at)`. Returns
+/// how many rows it deleted or brought back (`deleted_at` changed).
 pub async fn mark(
     tx: &mut Tx,
     table: &TableDecl,
     mark: Mark,
     effects: &[(i64, i64, i64)],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     assert_eq!(
         table.frame,
         Frame::Entity,
@@ -73,7 +75,7 @@ pub async fn mark(
         table.name
     );
     if effects.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     // One row per entity, its newest time: a statement may touch a row once.
     let mut newest: std::collections::BTreeMap<(i64, i64), i64> = Default::default();
@@ -97,6 +99,7 @@ pub async fn mark(
             "UPDATE {t} AS t SET restored_event_at = t.deleted_event_at + interval '1 microsecond' \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(account_id, id, at) \
              WHERE t.account_id = u.account_id AND t.id = u.id AND t.deleted_event_at IS NOT NULL \
+               AND t.deleted_event_at <= to_timestamp(u.at) \
                AND (t.restored_event_at IS NULL OR t.restored_event_at <= t.deleted_event_at)",
             t = table.name
         ),
@@ -116,7 +119,7 @@ pub async fn mark(
         .execute(&mut **tx)
         .await
         .doing("recording deletions and restores")?;
-    sqlx::query(&format!(
+    let derived = sqlx::query(&format!(
         "UPDATE {t} AS t SET deleted_at = {DELETED_AT} \
          FROM UNNEST($1::bigint[], $2::bigint[]) AS u(account_id, id) \
          WHERE t.account_id = u.account_id AND t.id = u.id \
@@ -128,5 +131,34 @@ pub async fn mark(
     .execute(&mut **tx)
     .await
     .doing("deriving deleted_at")?;
-    Ok(())
+    Ok(derived.rows_affected())
+}
+
+/// The keys `(account_id, id)` of an entity table's rows, live and deleted.
+#[derive(Debug, Default)]
+pub struct EntityKeys {
+    pub live: Vec<(i64, i64)>,
+    pub deleted: Vec<(i64, i64)>,
+}
+
+impl Store {
+    /// Every key of `table`, told apart by `deleted_at` (for a comparison of id sets).
+    pub async fn entity_keys(&self, table: &TableDecl) -> Result<EntityKeys, StoreError> {
+        let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT account_id, id, deleted_at IS NOT NULL FROM {} ORDER BY account_id, id",
+            table.name
+        ))
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the ids the mirror holds")?;
+        let mut keys = EntityKeys::default();
+        for (account, id, deleted) in rows {
+            if deleted {
+                keys.deleted.push((account, id));
+            } else {
+                keys.live.push((account, id));
+            }
+        }
+        Ok(keys)
+    }
 }

@@ -119,6 +119,39 @@ impl Store {
             .doing("reading the cursor")
     }
 
+    /// When the stream's list was last compared with the mirror by id (see
+    /// [`crate::sync::reconcile`]); `None` if never. The time is this machine's.
+    pub async fn reconciled_at(
+        &self,
+        account: &str,
+        stream: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+            "SELECT reconciled_at FROM sync_state WHERE account = $1 AND stream = $2",
+        )
+        .bind(account)
+        .bind(stream)
+        .fetch_optional(self.pool())
+        .await
+        .doing("reading when the stream was last reconciled")?;
+        Ok(at.flatten())
+    }
+
+    /// Notes that the stream's list is compared with the mirror now (at the start, so that a
+    /// failing comparison is not tried again before its interval has passed).
+    pub async fn note_reconciled(&self, account: &str, stream: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sync_state SET reconciled_at = now(), updated_at = now() \
+             WHERE account = $1 AND stream = $2",
+        )
+        .bind(account)
+        .bind(stream)
+        .execute(self.pool())
+        .await
+        .doing("noting the reconciliation")?;
+        Ok(())
+    }
+
     /// Records the start of a run (creating the stream's state row with `initial_cursor`
     /// the first time) and returns the run's id.
     pub async fn start_run(

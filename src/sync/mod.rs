@@ -3,6 +3,7 @@
 
 pub mod cursor;
 pub mod log;
+pub mod reconcile;
 pub mod refresh;
 pub mod run;
 pub mod scheduler;

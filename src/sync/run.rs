@@ -20,7 +20,7 @@ use crate::store::state::{RunCounts, RunEnd, RunOutcome, StreamHealth};
 use crate::store::{Store, StoreError};
 
 /// Pages never shrink below this after "ask for less".
-const MIN_PAGE: u32 = 10;
+pub(super) const MIN_PAGE: u32 = 10;
 
 /// How often a reference list that cannot be asked for in smaller pages is asked again after
 /// the server timed out building it.
@@ -34,6 +34,9 @@ pub struct EngineSettings {
     /// Page requests in flight across every stream of the process.
     pub parallelism: usize,
     pub page_size: u32,
+    /// How often each entity list is compared with the mirror by id (see
+    /// [`super::reconcile`]); `None`: only when asked.
+    pub reconcile_every: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,17 @@ pub enum SyncError {
         #[source]
         source: super::refresh::RefreshError,
     },
+    #[error("{endpoint}: {source}")]
+    Census {
+        endpoint: String,
+        #[source]
+        source: super::reconcile::CensusError,
+    },
+    #[error(
+        "stream `{0}` is not an entity list: only those are compared with the mirror by id \
+         (reference lists are read whole on every run, the event log is never trimmed)"
+    )]
+    NotReconcilable(String),
     #[error("unknown stream `{0}`")]
     UnknownStream(String),
     #[error("internal error: {0}")]
@@ -105,7 +119,7 @@ pub type ProgressFn = Arc<dyn Fn(&str, &RunCounts) + Send + Sync>;
 
 /// Queries are not repeated within this long, across runs too (Kommo lists "the same data
 /// requested several times in a short period" as a reason to block the IP).
-const NO_REPEAT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(super) const NO_REPEAT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What each stream asked for recently, in this process.
 type Recent = std::sync::Mutex<
@@ -122,13 +136,13 @@ pub struct SyncEngine<S: Source> {
     /// When each reference stream was last read whole: it is not read again within
     /// [`NO_REPEAT`] (the same pages, asked again).
     refreshed: std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>,
-    source: Arc<S>,
-    store: Store,
-    account: String,
-    settings: EngineSettings,
+    pub(super) source: Arc<S>,
+    pub(super) store: Store,
+    pub(super) account: String,
+    pub(super) settings: EngineSettings,
     /// Request slots shared by every stream: a stream takes more than one only when the
     /// others leave some free (then it splits a window to use it).
-    slots: Arc<Semaphore>,
+    pub(super) slots: Arc<Semaphore>,
     metrics: Option<Arc<Metrics>>,
     progress: Option<ProgressFn>,
 }
@@ -265,7 +279,7 @@ impl<S: Source> SyncEngine<S> {
     }
 
     /// The queries of `stream` sent within the last minute (older ones are forgotten).
-    fn recently_sent(&self, stream: &'static str) -> Vec<PageRequest> {
+    pub(super) fn recently_sent(&self, stream: &'static str) -> Vec<PageRequest> {
         let mut recent = self.recent.lock().expect("recent queries lock");
         let queue = recent.entry(stream).or_default();
         let now = std::time::Instant::now();
@@ -278,7 +292,7 @@ impl<S: Source> SyncEngine<S> {
         queue.iter().map(|(_, q)| q.clone()).collect()
     }
 
-    fn sent(&self, stream: &'static str, req: &PageRequest) {
+    pub(super) fn sent(&self, stream: &'static str, req: &PageRequest) {
         let mut recent = self.recent.lock().expect("recent queries lock");
         recent
             .entry(stream)
@@ -406,6 +420,20 @@ impl<S: Source> Run<'_, S> {
         let result = self.drive(&mut walk, &mut tasks, cancel).await;
         // Pages still in flight are abandoned: what they would prove is asked again later.
         tasks.abort_all();
+        let result = match result {
+            // Now and then, the whole list by id: deletions the event log did not show.
+            Ok(Finished::Completed) => match engine.reconcile_if_due(self.decl.name, cancel).await?
+            {
+                Some(done) => {
+                    self.counts.requests += done.requests;
+                    self.counts.rows_written += done.gone + done.found;
+                    Ok(Finished::Completed)
+                }
+                None if cancel.is_cancelled() => Ok(Finished::Cancelled),
+                None => Ok(Finished::Completed),
+            },
+            other => other,
+        };
         let stats = walk.stats();
         tracing::debug!(
             stream = self.decl.name,
@@ -638,13 +666,15 @@ impl<S: Source> Run<'_, S> {
             }
             for (stream, ids) in again {
                 let asked: Vec<i64> = ids.keys().copied().collect();
-                self.counts.requests += asked.len().div_ceil(50) as u64;
                 let found = tokio::select! {
                     _ = cancel.cancelled() => return Ok(Finished::Cancelled),
                     f = engine.source.fetch_ids(stream, &asked) => f,
                 };
                 let found = match found {
-                    Ok(f) => f,
+                    Ok(f) => {
+                        self.counts.requests += f.requests;
+                        f.records
+                    }
                     Err(e) if e.kind == FailureKind::Cancelled => return Ok(Finished::Cancelled),
                     Err(e) => return Err(e.into()),
                 };

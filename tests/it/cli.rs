@@ -74,7 +74,7 @@ fn bad_settings_exit_2_and_name_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_then_status_json_matches_sync_state() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let env = t.env.clone();
     let out =
         tokio::task::spawn_blocking(move || with_env(binary(), &env).arg("sync").output().unwrap())
@@ -128,7 +128,7 @@ async fn sync_then_status_json_matches_sync_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_sync_then_resume_is_exact() {
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             leads: 2500,
             contacts: 1500,
@@ -190,7 +190,7 @@ async fn kill_9_mid_sync_then_resume_is_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_run_exits_0_quickly_with_nothing_half_written() {
     // A slow server: the run is surely in flight when SIGTERM arrives.
-    let t = spawn(
+    let t = spawn_entities(
         SimConfig {
             latency: Duration::from_millis(300),
             leads: 3000,
@@ -267,7 +267,7 @@ async fn sigterm_during_a_run_exits_0_quickly_with_nothing_half_written() {
 /// while healthy, STOPPING=1 on SIGTERM. A datagram socket stands in for systemd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_notifies_systemd_ready_watchdog_and_stopping() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -349,6 +349,18 @@ fn nothing_to_run_and_a_bad_log_level_exit_2_at_once() {
         assert!(started.elapsed() < Duration::from_secs(10), "{command}");
     }
     let out = binary()
+        .arg("reconcile")
+        .envs(account)
+        .envs(off.iter().map(|(k, v)| (k.as_str(), *v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no entity stream is enabled") && err.contains("--stream"),
+        "{err}"
+    );
+    let out = binary()
         .arg("status")
         .envs(account)
         .env("KOMMO_SYNC__LOG__LEVEL", "loud")
@@ -362,7 +374,7 @@ fn nothing_to_run_and_a_bad_log_level_exit_2_at_once() {
 /// address and the setting, instead of idling until SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_exits_at_once_when_the_side_servers_port_is_taken() {
-    let t = spawn(small_account(), &[]).await;
+    let t = spawn_entities(small_account(), &[]).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let started = Instant::now();

@@ -13,6 +13,7 @@ mod exactness;
 mod helpers;
 mod oauth;
 mod politeness;
+mod reconcile;
 mod reference;
 mod schema;
 mod service;
