@@ -358,6 +358,23 @@ type Fetched = (
     OwnedSemaphorePermit,
 );
 
+/// What one answer did to the walk.
+enum Answered {
+    /// The run ends.
+    Finished(Finished),
+    /// The same page is asked for again, smaller; nothing to store.
+    Asked,
+    /// Records to store with the cursor that covers them.
+    Proved(Proved),
+}
+
+/// What an applied answer proved: its records and the cursor as it stood right after it.
+struct Proved {
+    records: Vec<crate::source::Record>,
+    cursor: Cursor,
+    through: Option<i64>,
+}
+
 struct Run<'e, S: Source> {
     engine: &'e SyncEngine<S>,
     decl: &'static StreamDecl,
@@ -454,23 +471,7 @@ impl<S: Source> Run<'_, S> {
     ) -> Result<Finished, SyncError> {
         let slots = self.engine.slots.clone();
         loop {
-            // Start what can be started: a stream with nothing in flight waits for a slot
-            // (slots are handed out in turn); with something in flight it only takes a
-            // free one.
-            while walk.has_idle() && !cancel.is_cancelled() {
-                let slot = if tasks.is_empty() {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        s = slots.clone().acquire_owned() => s.expect("the slots are never closed"),
-                    }
-                } else {
-                    match slots.clone().try_acquire_owned() {
-                        Ok(s) => s,
-                        Err(_) => break,
-                    }
-                };
-                self.send(walk, tasks, slot)?;
-            }
+            self.start(walk, tasks, cancel).await?;
             if cancel.is_cancelled() {
                 return Ok(Finished::Cancelled);
             }
@@ -491,8 +492,18 @@ impl<S: Source> Run<'_, S> {
                     let fetched = joined
                         .expect("tasks is not empty")
                         .map_err(|e| SyncError::Internal(format!("a page request task failed: {e}")))?;
-                    if let Some(finished) = self.answered(walk, fetched).await? {
-                        return Ok(finished);
+                    match self.answered(walk, fetched)? {
+                        Answered::Finished(finished) => return Ok(finished),
+                        Answered::Asked => {}
+                        Answered::Proved(proved) => {
+                            // The answer may have made the next page known: it is asked
+                            // for before this one commits, so the limiter never waits for
+                            // the database. The commit holds what the answer proved, not
+                            // what is in flight.
+                            let started = self.start(walk, tasks, cancel).await;
+                            self.commit(proved).await?;
+                            started?;
+                        }
                     }
                 }
                 // Another stream freed a slot while this one has a window waiting.
@@ -501,6 +512,32 @@ impl<S: Source> Run<'_, S> {
                 }
             }
         }
+    }
+
+    /// Starts what can be started: a stream with nothing in flight waits for a slot (slots
+    /// are handed out in turn); with something in flight it only takes a free one.
+    async fn start(
+        &mut self,
+        walk: &mut Walk,
+        tasks: &mut JoinSet<Fetched>,
+        cancel: &CancellationToken,
+    ) -> Result<(), SyncError> {
+        let slots = self.engine.slots.clone();
+        while walk.has_idle() && !cancel.is_cancelled() {
+            let slot = if tasks.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    s = slots.clone().acquire_owned() => s.expect("the slots are never closed"),
+                }
+            } else {
+                match slots.clone().try_acquire_owned() {
+                    Ok(s) => s,
+                    Err(_) => break,
+                }
+            };
+            self.send(walk, tasks, slot)?;
+        }
+        Ok(())
     }
 
     fn send(
@@ -540,17 +577,15 @@ impl<S: Source> Run<'_, S> {
         Ok(())
     }
 
-    /// Applies one answer and commits it. `Some` ends the run.
-    async fn answered(
-        &mut self,
-        walk: &mut Walk,
-        fetched: Fetched,
-    ) -> Result<Option<Finished>, SyncError> {
+    /// Applies one answer to the walk; what it proved is committed by the caller.
+    fn answered(&mut self, walk: &mut Walk, fetched: Fetched) -> Result<Answered, SyncError> {
         let (ticket, req, result, slot) = fetched;
         drop(slot);
         let page = match result {
             Ok(page) => page,
-            Err(e) if e.kind == FailureKind::Cancelled => return Ok(Some(Finished::Cancelled)),
+            Err(e) if e.kind == FailureKind::Cancelled => {
+                return Ok(Answered::Finished(Finished::Cancelled))
+            }
             Err(e) if e.kind == FailureKind::AskForLess && req.limit > MIN_PAGE => {
                 tracing::warn!(
                     stream = self.decl.name,
@@ -558,7 +593,7 @@ impl<S: Source> Run<'_, S> {
                     "the server asked for smaller pages"
                 );
                 walk.shrink(ticket);
-                return Ok(None);
+                return Ok(Answered::Asked);
             }
             Err(e) => return Err(e.into()),
         };
@@ -576,8 +611,11 @@ impl<S: Source> Run<'_, S> {
             kept = applied.records.len(),
             "page"
         );
-        self.commit(walk, &applied.records).await?;
-        Ok(None)
+        Ok(Answered::Proved(Proved {
+            records: applied.records,
+            cursor: walk.cursor(),
+            through: walk.through(),
+        }))
     }
 
     /// Reads the new entries of a log, committing each page with the cursor it proves.
@@ -866,14 +904,15 @@ impl<S: Source> Run<'_, S> {
         Ok(Finished::Completed)
     }
 
-    /// Writes `records` and the walk's cursor in one transaction.
-    async fn commit(
-        &mut self,
-        walk: &Walk,
-        records: &[crate::source::Record],
-    ) -> Result<(), SyncError> {
+    /// Writes the records of an answer and the cursor that covers them in one transaction.
+    async fn commit(&mut self, proved: Proved) -> Result<(), SyncError> {
         let engine = self.engine;
-        let cursor = walk.cursor();
+        let Proved {
+            records,
+            cursor,
+            through,
+        } = proved;
+        let records = &records[..];
         let mut tx = engine.store.begin().await?;
         let written = super::write::entities(&mut tx, self.decl, records).await?;
         let account_id = self
@@ -895,7 +934,7 @@ impl<S: Source> Run<'_, S> {
             source,
         })?;
         self.synced_up_to = cursor.synced_up_to();
-        self.counts.window_upper = walk.through();
+        self.counts.window_upper = through;
         self.counts.pages += 1;
         self.counts.rows_seen += records.len() as u64;
         self.counts.rows_written += written;
