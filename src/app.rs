@@ -76,25 +76,7 @@ impl App {
         }
         let metrics = Arc::new(Metrics::new());
         metrics.declare_streams(crate::kommo::stream_names());
-        // Only OAuth keeps anything in the database; a long-lived token needs no store.
-        let tokens: Option<Arc<dyn TokenStore>> = match settings.kommo.auth {
-            AuthSettings::OAuth(_) => Some(Arc::new(PgTokens {
-                store: store.clone(),
-            })),
-            AuthSettings::LongLivedToken(_) => None,
-        };
-        let client = Arc::new(
-            KommoClient::new(&settings.kommo, cancel.clone(), metrics.clone(), tokens)
-                .context("building the HTTP client")?,
-        );
-        // A ban (403) outlives the process that met it: nothing is sent before it ends.
-        if let Some(until) = store.stored_ban(&account).await? {
-            client.politeness().restore_ban(until);
-            tracing::warn!(
-                %until,
-                "Kommo blocked this IP (a 403 stored by an earlier run): no request is sent before the ban ends"
-            );
-        }
+        let client = client(&settings, &store, &cancel, &metrics).await?;
         let source = Arc::new(KommoSource::new(client.clone()));
         let mut engine = SyncEngine::new(
             source,
@@ -139,7 +121,7 @@ impl App {
     /// `status` of the configured account: one row per stream that has run.
     pub async fn status(&self) -> Result<Vec<StreamStatus>, crate::store::StoreError> {
         self.store
-            .status(&self.settings.kommo.account_key(), &stream_tables())
+            .status(Some(&self.settings.kommo.account_key()), &stream_tables())
             .await
     }
 
@@ -277,6 +259,36 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The Kommo client of these settings, holding a ban an earlier process stored (a 403
+/// outlives the process that met it: nothing is sent before it ends). `store` must hold a
+/// migrated mirror.
+pub async fn client(
+    settings: &Settings,
+    store: &Store,
+    cancel: &CancellationToken,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<KommoClient>> {
+    // Only OAuth keeps anything in the database; a long-lived token needs no store.
+    let tokens: Option<Arc<dyn TokenStore>> = match settings.kommo.auth {
+        AuthSettings::OAuth(_) => Some(Arc::new(PgTokens {
+            store: store.clone(),
+        })),
+        AuthSettings::LongLivedToken(_) => None,
+    };
+    let client = Arc::new(
+        KommoClient::new(&settings.kommo, cancel.clone(), metrics.clone(), tokens)
+            .context("building the HTTP client")?,
+    );
+    if let Some(until) = store.stored_ban(&settings.kommo.account_key()).await? {
+        client.politeness().restore_ban(until);
+        tracing::warn!(
+            %until,
+            "Kommo blocked this IP (a 403 stored by an earlier run): no request is sent before the ban ends"
+        );
+    }
+    Ok(client)
 }
 
 /// Pings systemd's watchdog while the process and its schedule run. A database outage is

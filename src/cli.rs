@@ -66,11 +66,17 @@ pub enum Command {
         #[arg(long = "stream", short = 's', value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(crate::kommo::entity_stream_names()))]
         streams: Vec<String>,
     },
-    /// Show each stream's cursor, last success, last error and row count.
+    /// Show each stream's state, how far it is synced, last success, rows and last error.
+    /// Reads the database only: needs no API settings (without an account in the settings,
+    /// every account the schema holds is shown) and creates nothing.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also show when each stream last ran and its whole last error (the table is then
+        /// wider than 100 columns).
+        #[arg(long)]
+        wide: bool,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -151,6 +157,9 @@ pub async fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Status { json, wide } = cli.command {
+        return status_command(cli.config.as_deref(), json, wide).await;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -167,6 +176,48 @@ pub async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status`: reads the database only, so it needs only the database settings; without an
+/// account in the settings it shows every account the schema holds. Creates nothing.
+async fn status_command(config: Option<&std::path::Path>, json: bool, wide: bool) -> ExitCode {
+    let settings = match Settings::load_for_reading(config, std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    let shown = async {
+        let store = Store::open(&settings.database).await?;
+        store.require_mirror().await?;
+        let rows = store
+            .status(settings.account.as_deref(), &crate::app::stream_tables())
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", status_table(&rows, wide));
+            if rows.is_empty() {
+                if let Some(account) = &settings.account {
+                    println!(
+                        "(nothing stored for account {account} in schema `{}`; leave \
+                         kommo.base_url and kommo.subdomain unset to see every account)",
+                        store.schema()
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    match shown.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -228,24 +279,51 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
-            let store = Store::connect(&settings.database).await?;
-            store.migrate().await?;
-            let rows = store
-                .status(&settings.kommo.account_key(), &crate::app::stream_tables())
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", status_table(&rows));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { .. } => unreachable!("handled before the API settings are loaded"),
         Command::Check => {
             println!("settings: ok ({})", settings.kommo.base_url);
-            let app = App::build(settings, CancellationToken::new()).await?;
-            println!("database: ok (schema `{}` migrated)", app.store.schema());
-            let account = KommoSource::new(app.client.clone())
+            // Checks only: a missing database or schema is reported, never created.
+            let store = Store::open(&settings.database).await?;
+            let pending = store.pending_migrations().await?;
+            let schema = store.schema();
+            let mirror = match pending {
+                0 => {
+                    println!("database: ok (schema `{schema}` up to date)");
+                    true
+                }
+                n if store.require_mirror().await.is_err() => {
+                    println!(
+                        "database: ok; schema `{schema}` holds no mirror yet ({n} migrations \
+                         to apply: `kommo-sync migrate`, `sync` or `run` create it)"
+                    );
+                    false
+                }
+                n => {
+                    println!(
+                        "database: ok; schema `{schema}` has {n} migration(s) to apply (`kommo-sync \
+                         migrate`, `sync` or `run` apply them)"
+                    );
+                    true
+                }
+            };
+            if !mirror && matches!(settings.kommo.auth, crate::config::AuthSettings::OAuth(_)) {
+                anyhow::bail!(
+                    "OAuth keeps its tokens in the mirror's schema, which does not exist yet: run \
+                     `kommo-sync migrate`, then `kommo-sync auth exchange --code CODE`"
+                );
+            }
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let client = if mirror {
+                crate::app::client(&settings, &store, &CancellationToken::new(), &metrics).await?
+            } else {
+                std::sync::Arc::new(crate::kommo::KommoClient::new(
+                    &settings.kommo,
+                    CancellationToken::new(),
+                    metrics,
+                    None,
+                )?)
+            };
+            let account = KommoSource::new(client)
                 .account()
                 .await
                 .context("Kommo API")?;
@@ -451,19 +529,54 @@ fn state_name(state: &str) -> &str {
     }
 }
 
-/// The `status` table: one line per stream. Lag is how far the mirror is behind now.
-pub fn status_table(rows: &[StreamStatus]) -> String {
+/// The `status` table: one line per stream, within 100 columns (`wide`: when each stream
+/// last ran and succeeded, and the whole last error). Lag is how far the mirror is behind
+/// now. Rows of several accounts are grouped under a line naming each.
+pub fn status_table(rows: &[StreamStatus], wide: bool) -> String {
     if rows.is_empty() {
         return "no stream has run yet\n".into();
     }
-    let mut out = format!(
-        "{:<10} {:<24} {:<19} {:>8} {:<19} {:>9}  {}\n",
-        "STREAM", "STATE", "SYNCED UP TO (UTC)", "LAG", "LAST SUCCESS", "ROWS", "LAST ERROR"
+    let line = |cells: [&str; 5], extra: [&str; 2], error: &str| {
+        let mut l = format!(
+            "{:<21} {:<21} {:<16} {:>7} {:>9}",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
+        );
+        if wide {
+            l.push_str(&format!(" {:<19} {:<19}", extra[0], extra[1]));
+            l.push_str(&format!("  {error}"));
+        } else {
+            // What is left of 100 columns.
+            let room = 100usize.saturating_sub(l.chars().count() + 2);
+            let mut e: String = error.chars().take(room).collect();
+            if error.chars().count() > room {
+                e.pop();
+                e.push('…');
+            }
+            l.push_str(&format!("  {e}"));
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let several = rows.iter().any(|r| r.account != rows[0].account);
+    let mut out = line(
+        ["STREAM", "STATE", "SYNCED UP TO", "LAG", "ROWS"],
+        ["LAST STARTED", "LAST SUCCESS"],
+        "LAST ERROR",
     );
+    let mut account = None;
     for r in rows {
+        if several && account != Some(&r.account) {
+            out.push_str(&format!("account {}\n", r.account));
+            account = Some(&r.account);
+        }
+        // An entity walk's cursor, or a log's (`through`).
         let upto = serde_json::from_value::<StoredCursor>(r.cursor.clone())
             .ok()
             .and_then(|c| c.into_current().synced_up_to())
+            .or_else(|| {
+                serde_json::from_value::<crate::sync::log::LogCursor>(r.cursor.clone())
+                    .ok()
+                    .and_then(|c| c.through)
+            })
             .and_then(|u| DateTime::from_timestamp(u, 0));
         let lag = upto
             .map(|u| human_duration((Utc::now() - u).num_seconds()))
@@ -472,20 +585,14 @@ pub fn status_table(rows: &[StreamStatus]) -> String {
         if let Some(until) = r.blocked_until.filter(|u| *u > Utc::now()) {
             state = format!("{state} until {}", until.format("%H:%M:%S"));
         }
-        let error = r
-            .last_error
-            .as_deref()
-            .map(|e| e.chars().take(100).collect::<String>())
-            .unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            "{:<10} {:<24} {:<19} {:>8} {:<19} {:>9}  {}\n",
-            r.stream,
-            state,
-            when(upto),
-            lag,
-            when(r.last_success_at),
-            r.rows,
-            error
+        let minutes = |t: Option<DateTime<Utc>>| {
+            t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&line(
+            [&r.stream, &state, &minutes(upto), &lag, &r.rows.to_string()],
+            [&when(r.last_started_at), &when(r.last_success_at)],
+            r.last_error.as_deref().unwrap_or("-"),
         ));
     }
     out

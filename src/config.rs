@@ -191,6 +191,15 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+/// Settings of a command that only reads the database; see [`Settings::load_for_reading`].
+#[derive(Debug, Clone)]
+pub struct ReadingSettings {
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    /// The account whose streams to show (`None`: every account stored).
+    pub account: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct KommoSettings {
     pub base_url: Url,
@@ -210,11 +219,7 @@ pub struct KommoSettings {
 impl KommoSettings {
     /// A short name of the account, used as the key of its rows in `sync_state`: the host.
     pub fn account_key(&self) -> String {
-        let host = self.base_url.host_str().unwrap_or("unknown");
-        match self.base_url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        }
+        account_key_of(&self.base_url)
     }
 }
 
@@ -302,6 +307,36 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        Self::validate(Self::raw(file, env)?)
+    }
+
+    /// What a command that only reads the database needs (`status`): the database and log
+    /// settings, validated; the Kommo account when the settings name one, else `None` (every
+    /// account stored is shown). No API setting is required.
+    pub fn load_for_reading(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ReadingSettings, ConfigError> {
+        let raw = Self::raw(file, env)?;
+        if !is_log_filter(&raw.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log level or filter", raw.log.level),
+                "use error, warn, info, debug or trace (or a filter like \"info,kommo_sync=debug\")",
+            ));
+        }
+        let account = base_url_of(&raw.kommo)?.as_ref().map(account_key_of);
+        Ok(ReadingSettings {
+            database: validate_database(raw.database)?,
+            log: raw.log,
+            account,
+        })
+    }
+
+    fn raw(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawSettings, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
@@ -329,8 +364,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let raw: RawSettings = builder.build()?.try_deserialize()?;
-        Self::validate(raw)
+        Ok(builder.build()?.try_deserialize()?)
     }
 
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
@@ -418,7 +452,8 @@ impl Settings {
     }
 }
 
-fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, ConfigError> {
+/// The account's base URL as the settings give it, `None` when they give none.
+fn base_url_of(raw: &RawKommo) -> Result<Option<Url>, ConfigError> {
     let base = if !raw.base_url.trim().is_empty() {
         raw.base_url.trim().to_string()
     } else if !raw.subdomain.trim().is_empty() {
@@ -432,19 +467,35 @@ fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, Confi
         }
         format!("https://{sub}.kommo.com")
     } else {
-        return Err(invalid(
-            "kommo.subdomain",
-            "neither kommo.subdomain nor kommo.base_url is set",
-            "set KOMMO_SYNC__KOMMO__SUBDOMAIN=mycompany (for https://mycompany.kommo.com) or KOMMO_SYNC__KOMMO__BASE_URL",
-        ));
+        return Ok(None);
     };
-    let base_url = Url::parse(&base).map_err(|e| {
+    Url::parse(&base).map(Some).map_err(|e| {
         invalid(
             "kommo.base_url",
             format!("`{base}` is not a URL: {e}"),
             "write it like https://mycompany.kommo.com",
         )
+    })
+}
+
+/// How the store names an account: its host, and its port when it has one.
+fn account_key_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("unknown");
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+fn validate_kommo(raw: RawKommo, oauth: RawOAuth) -> Result<KommoSettings, ConfigError> {
+    let base_url = base_url_of(&raw)?.ok_or_else(|| {
+        invalid(
+            "kommo.subdomain",
+            "neither kommo.subdomain nor kommo.base_url is set",
+            "set KOMMO_SYNC__KOMMO__SUBDOMAIN=mycompany (for https://mycompany.kommo.com) or KOMMO_SYNC__KOMMO__BASE_URL",
+        )
     })?;
+    let base = base_url.as_str().trim_end_matches('/').to_string();
     match base_url.scheme() {
         "https" => {}
         "http" if raw.allow_insecure_http => {}

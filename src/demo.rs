@@ -94,6 +94,25 @@ pub async fn run(config: Option<&Path>, opts: DemoOptions) -> anyhow::Result<()>
   -- how the sync is doing
   SELECT stream, state, last_success_at, rows_written FROM {s}.sync_state;"#
     );
+    // Exactly what was written, so that nobody guesses the database or the schema. The
+    // password, if any, is never printed.
+    let db = &app.settings.database.connect;
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        db.get_username(),
+        db.get_host(),
+        db.get_port(),
+        db.get_database().unwrap_or("kommo")
+    );
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "kommo-sync".into());
+    println!(
+        "\nThe streams' state (reads the database only; no API settings needed):\n  \
+         KOMMO_SYNC__DATABASE__URL={url} KOMMO_SYNC__DATABASE__SCHEMA={s} {exe} status\n\
+         The tables:\n  psql \"{url}\" -c 'SET search_path = {s}' -c '\\dt+'"
+    );
     sim.stop().await;
     Ok(())
 }

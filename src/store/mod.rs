@@ -51,6 +51,11 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "schema `{schema}` holds no mirror yet (no migration was applied to it). Fix: check \
+         database.schema and database.url; `kommo-sync migrate` or a first `sync` creates it"
+    )]
+    NoMirror { schema: String },
     #[error("stored cursor of stream `{stream}` cannot be read: {detail}")]
     BadCursor { stream: String, detail: String },
 }
@@ -92,8 +97,8 @@ fn connect_message(target: &str, source: &sqlx::Error) -> String {
              password in database.url (or database.password_file)"
         ),
         Some("3D000") => format!(
-            "database at {target} does not exist: {source}. Fix: create it, or give the role \
-             the CREATEDB right"
+            "database at {target} does not exist: {source}. Fix: correct database.url, or let \
+             `kommo-sync migrate` (or `sync`, `run`) create it (the role needs CREATEDB)"
         ),
         Some("53300") => format!(
             "PostgreSQL at {target} has no free connection: {source}. Fix: lower \
@@ -212,6 +217,70 @@ impl Store {
             pool,
             schema: settings.schema.clone(),
         })
+    }
+
+    /// Connects like [`Store::connect`] but never creates anything: for commands that only
+    /// read or check. A missing database is an error that names it (a typo in
+    /// database.url must not create a new, empty database).
+    pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        let target = format!(
+            "{}:{}/{}",
+            settings.connect.get_host(),
+            settings.connect.get_port(),
+            settings.connect.get_database().unwrap_or("")
+        );
+        let path = format!("{},{}", settings.schema, private_schema(&settings.schema));
+        let options = settings
+            .connect
+            .clone()
+            .options([("search_path", path.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect { target, source })?;
+        Ok(Store {
+            pool,
+            schema: settings.schema.clone(),
+        })
+    }
+
+    /// Migrations known to this build that the schema has not applied yet (all of them when
+    /// it has none). Changes nothing.
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        let applied: Option<Vec<i64>> = match sqlx::query_scalar(&format!(
+            "SELECT version FROM \"{}\"._sqlx_migrations WHERE success",
+            self.schema
+        ))
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(v) => Some(v),
+            // 42P01: no such table, 3F000: no such schema.
+            Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P01" | "3F000")) => None,
+            Err(source) => {
+                return Err(StoreError::Query {
+                    doing: "reading which migrations are applied",
+                    source,
+                })
+            }
+        };
+        let applied = applied.unwrap_or_default();
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count())
+    }
+
+    /// Fails naming the schema when it holds no mirror at all.
+    pub async fn require_mirror(&self) -> Result<(), StoreError> {
+        if self.pending_migrations().await? == MIGRATOR.iter().count() {
+            return Err(StoreError::NoMirror {
+                schema: self.schema.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Creates the schema if needed and applies pending migrations (append-only files in

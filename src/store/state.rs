@@ -79,6 +79,8 @@ impl RunEnd {
 /// One row of `status`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StreamStatus {
+    /// The account's host (one schema may hold several).
+    pub account: String,
     pub stream: String,
     pub cursor: Value,
     pub state: String,
@@ -295,11 +297,12 @@ impl Store {
         .doing("reading a stored ban")
     }
 
-    /// Per-stream status for `status`, with the number of rows of this account in each
-    /// stream's table (`tables`: from the source's declarations).
+    /// Per-stream status for `status`, with the number of rows of the account in each
+    /// stream's table (`tables`: from the source's declarations). `account: None`: every
+    /// account stored.
     pub async fn status(
         &self,
-        account: &str,
+        account: Option<&str>,
         tables: &[StreamTable],
     ) -> Result<Vec<StreamStatus>, StoreError> {
         // Names and scopes come from the source's declarations, never from input.
@@ -323,9 +326,10 @@ impl Store {
             format!("CASE s.stream {counts}ELSE 0 END")
         };
         sqlx::query_as::<_, StreamStatus>(&format!(
-            "SELECT s.stream, s.cursor, s.state, s.last_started_at, s.last_success_at, s.last_error, \
+            "SELECT s.account, s.stream, s.cursor, s.state, s.last_started_at, s.last_success_at, s.last_error, \
                s.last_error_at, s.blocked_until, s.rows_written, coalesce({rows}, 0) AS rows \
-             FROM sync_state s WHERE s.account = $1 ORDER BY s.stream"
+             FROM sync_state s WHERE $1::text IS NULL OR s.account = $1 \
+             ORDER BY s.account, s.stream"
         ))
         .bind(account)
         .fetch_all(self.pool())

@@ -47,7 +47,7 @@ fn help_lists_every_command() {
 #[test]
 fn bad_settings_exit_2_and_name_the_key() {
     let out = binary()
-        .args(["status"])
+        .args(["check"])
         .env("KOMMO_SYNC__KOMMO__SUBDOMAIN", "acme")
         .env("KOMMO_SYNC__KOMMO__TOKEN", "t")
         .env("KOMMO_SYNC__KOMMO__MAX_RPS", "50")
@@ -124,6 +124,112 @@ async fn sync_then_status_json_matches_sync_state() {
         table.contains("STREAM") && table.contains("leads") && table.contains(" ok "),
         "{table}"
     );
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 100),
+        "fits 100 columns:\n{table}"
+    );
+    // Only the database settings: every account the schema holds.
+    let url = t.db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        binary()
+            .args(["status", "--wide"])
+            .env("KOMMO_SYNC__DATABASE__URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("LAST SUCCESS") && table.contains("tasks"),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// After the demo, the `status` line it prints runs as printed and shows what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_a_status_command_that_works() {
+    let db = TestDb::create().await;
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        binary()
+            .args([
+                "demo",
+                "--leads",
+                "300",
+                "--contacts",
+                "200",
+                "--companies",
+                "50",
+            ])
+            .args(["--tasks", "200", "--schema", "demo_status"])
+            .env("KOMMO_SYNC__DATABASE__URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_end().ends_with(" status"))
+        .unwrap_or_else(|| panic!("no status command printed:\n{text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (vars, command) = words.split_at(words.len() - 2);
+    let mut status = Command::new(command[0]);
+    status.env_clear().arg(command[1]);
+    for v in vars {
+        let (k, v) = v.split_once('=').expect("VAR=value");
+        status.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || status.output().unwrap())
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stream in ["leads", "events", "pipelines"] {
+        assert!(table.contains(stream), "{table}");
+    }
+}
+
+/// `check` only checks: a database that does not exist is named and not created.
+#[test]
+fn check_against_a_missing_database_creates_nothing() {
+    let name = format!("kommo_sync_missing_{}", rand::random::<u32>());
+    let out = binary()
+        .arg("check")
+        .env("KOMMO_SYNC__KOMMO__SUBDOMAIN", "acme")
+        .env("KOMMO_SYNC__KOMMO__TOKEN", "t")
+        .env(
+            "KOMMO_SYNC__DATABASE__URL",
+            format!("{}/{name}", server_url()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&name) && err.contains("does not exist"),
+        "{err}"
+    );
+    let exists = std::process::Command::new("psql")
+        .args([&format!("{}/postgres", server_url()), "-Atc"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&exists.stdout).trim(), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
