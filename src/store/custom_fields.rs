@@ -51,7 +51,9 @@ pub async fn replace(tx: &mut Tx, entity_type: &str, rows: &[&Row]) -> Result<()
         "INSERT INTO custom_field_values (account_id, entity_type, entity_id, field_id, value_index, \
            field_code, field_name, field_type, value_text, value_number, value_time, value_bool, enum_id, enum_code) \
          SELECT u.account_id, $1, u.entity_id, u.field_id, u.value_index, u.field_code, u.field_name, u.field_type, \
-           u.value_text, u.value_number::numeric, to_timestamp(u.value_time), u.value_bool, u.enum_id, u.enum_code \
+           u.value_text, u.value_number::numeric, \
+           CASE WHEN u.value_time BETWEEN -62135596800 AND 253402300799 THEN to_timestamp(u.value_time) END, \
+           u.value_bool, u.enum_id, u.enum_code \
          FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[], \
            $9::text[], $10::text[], $11::bigint[], $12::boolean[], $13::bigint[], $14::text[]) \
            AS u(account_id, entity_id, field_id, value_index, field_code, field_name, field_type, \

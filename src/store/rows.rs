@@ -98,9 +98,47 @@ pub(crate) fn sql_type(kind: Kind) -> &'static str {
     }
 }
 
+/// Unix seconds PostgreSQL can hold as a time we keep: years 1 to 9999. A value outside
+/// (Kommo has sent `closed_at` = 1e14) is NULL in its typed column and intact in `raw`,
+/// instead of failing its whole page on every run.
+pub const TIME_RANGE: (i64, i64) = (-62_135_596_800, 253_402_300_799);
+
+/// `to_timestamp` of a bigint expression, NULL outside [`TIME_RANGE`].
+pub(crate) fn storable_time(expr: &str) -> String {
+    format!(
+        "CASE WHEN {expr} BETWEEN {} AND {} THEN to_timestamp({expr}) END",
+        TIME_RANGE.0, TIME_RANGE.1
+    )
+}
+
+/// Whether a JSON value holds a NUL character (in a string or a key), which PostgreSQL can
+/// store neither in `jsonb` nor in `text`.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Replaces every NUL character with U+FFFD (the replacement character), so that the
+/// entity can be stored; everything else is kept as received.
+pub fn without_nul(v: &Value) -> Value {
+    let clean = |s: &str| s.replace('\0', "\u{FFFD}");
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (clean(k), without_nul(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 pub(crate) fn select_expr(c: &ColumnDecl) -> String {
     match c.kind {
-        Kind::Time => format!("to_timestamp(u.{})", c.name),
+        Kind::Time => storable_time(&format!("u.{}", c.name)),
         Kind::Num => format!("u.{}::numeric", c.name),
         _ => format!("u.{}", c.name),
     }
@@ -294,6 +332,28 @@ pub async fn upsert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_replaced_in_strings_and_keys_and_nothing_else_changes() {
+        let v = serde_json::json!({"a\u{0}": ["x\u{0}y", 1, null, {"b": "\u{0}"}], "c": "ok"});
+        assert!(has_nul(&v));
+        let clean = without_nul(&v);
+        assert!(!has_nul(&clean));
+        assert_eq!(
+            clean,
+            serde_json::json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, null, {"b": "\u{FFFD}"}], "c": "ok"})
+        );
+        assert!(!has_nul(&serde_json::json!({"c": "ok", "n": [1, 2]})));
+    }
+
+    #[test]
+    fn times_out_of_range_are_null_in_sql() {
+        let e = storable_time("u.closed_at");
+        assert!(
+            e.starts_with("CASE WHEN u.closed_at BETWEEN -62135596800 AND 253402300799"),
+            "{e}"
+        );
+    }
     use serde_json::json;
 
     const T: TableDecl = TableDecl {

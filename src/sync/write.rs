@@ -1,11 +1,43 @@
 //! How a page of one stream becomes writes: the stream's own rows, then the rows each
 //! rewritten entity owns, all inside the caller's transaction.
 
+use std::borrow::Cow;
+
 use crate::source::{Record, StreamDecl};
 use crate::store::children::{self, ChildRow};
 use crate::store::reference::{self, Refreshed};
 use crate::store::rows::Row;
+use crate::store::rows::{has_nul, without_nul};
 use crate::store::{StoreError, Tx};
+
+/// `records` as PostgreSQL can hold them: a NUL character (which neither `jsonb` nor
+/// `text` accepts) becomes U+FFFD, so that one such value costs nothing but that character,
+/// never its page or its stream.
+fn storable<'a>(decl: &StreamDecl, records: &'a [Record]) -> Cow<'a, [Record]> {
+    if !records.iter().any(|r| has_nul(&r.raw)) {
+        return Cow::Borrowed(records);
+    }
+    Cow::Owned(
+        records
+            .iter()
+            .map(|r| {
+                if !has_nul(&r.raw) {
+                    return r.clone();
+                }
+                tracing::warn!(
+                    stream = decl.name,
+                    id = r.id,
+                    "the entity holds NUL characters, which PostgreSQL cannot store; stored \
+                     with U+FFFD in their place"
+                );
+                Record {
+                    raw: without_nul(&r.raw),
+                    ..r.clone()
+                }
+            })
+            .collect(),
+    )
+}
 
 /// Upserts the entities of `records`; rewrites what each changed one owns. Returns how many
 /// entity rows were inserted or changed.
@@ -14,6 +46,7 @@ pub async fn entities(
     decl: &StreamDecl,
     records: &[Record],
 ) -> Result<u64, StoreError> {
+    let records = &storable(decl, records)[..];
     let rows = decl.rows(records);
     let changed = crate::store::rows::upsert(tx, decl.table, &rows).await?;
     owned(tx, decl, records, &rows, &changed).await?;
@@ -27,6 +60,7 @@ pub async fn reference(
     account_id: i64,
     records: &[Record],
 ) -> Result<Refreshed, StoreError> {
+    let records = &storable(decl, records)[..];
     let mut rows = decl.rows(records);
     for r in &mut rows {
         r.account_id = account_id;
@@ -158,6 +192,7 @@ pub async fn log(
 ) -> Result<u64, StoreError> {
     use crate::source::{Effect, Strategy};
     use crate::store::log::{self, Mark};
+    let records = &storable(decl, records)[..];
     let rows = decl.rows(records);
     let written = log::append(tx, decl.table, &rows).await?;
     let Strategy::Log { effects, .. } = decl.strategy else {

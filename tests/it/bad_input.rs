@@ -106,6 +106,66 @@ async fn unknown_fields_nulls_and_wrong_types_are_stored() {
     t.assert_mirrors_simulator().await;
 }
 
+/// Values PostgreSQL cannot hold cost only themselves, never their page: a NUL character
+/// (refused by `jsonb` and `text`) becomes U+FFFD; a time far out of range (Kommo once sent
+/// `closed_at` = 1e14) is NULL in its typed column and intact in `raw`. The rest of the page
+/// is stored and the next run rewrites nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_and_times_out_of_range_poison_nothing() {
+    let t = spawn_entities(small_account(), &[]).await;
+    let sim = t.sim.sim();
+    let now = sim.now();
+    let mut poison = sim.dump(Entity::Leads)[10].clone();
+    poison["name"] = json!("deal\u{0}with a NUL");
+    poison["closed_at"] = json!(100_000_000_000_000_i64);
+    poison["custom_fields_values"] = json!([
+        {"field_id": 7, "field_name": "due\u{0}", "field_type": "date",
+         "values": [{"value": 100_000_000_000_000_i64}]},
+    ]);
+    poison["updated_at"] = json!(now - 100);
+    let id = poison["id"].as_i64().unwrap();
+    sim.put_raw(Entity::Leads, poison);
+    let mut contact = sim.dump(Entity::Contacts)[3].clone();
+    contact["first_name"] = json!("\u{0}");
+    contact["updated_at"] = json!(now - 100);
+    sim.put_raw(Entity::Contacts, contact);
+    t.let_lag_pass();
+    t.sync().await;
+    let (name, closed_at, raw): (
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        serde_json::Value,
+    ) = sqlx::query_as("SELECT name, closed_at, raw FROM leads WHERE id = $1")
+        .bind(id)
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "deal\u{FFFD}with a NUL");
+    assert_eq!(closed_at, None);
+    assert_eq!(raw["closed_at"], json!(100_000_000_000_000_i64));
+    let (field, time): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT field_name, value_time FROM custom_field_values WHERE entity_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!((field.as_str(), time), ("due\u{FFFD}", None));
+    let live = |e: Entity| sim.live_count(e) as i64;
+    for (table, e) in [("leads", Entity::Leads), ("contacts", Entity::Contacts)] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, live(e), "{table}: every entity of the page is stored");
+    }
+    let before = t.versions(Entity::Leads).await;
+    t.let_lag_pass();
+    t.sync().await;
+    assert_eq!(t.versions(Entity::Leads).await, before, "nothing rewritten");
+    t.assert_mirrors(&[Entity::Companies, Entity::Tasks]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_postgres_is_a_clear_error() {
     let env = env_for(
