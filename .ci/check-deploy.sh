@@ -385,6 +385,28 @@ else
   ok "no token or password in it"
 fi
 
+log "deploy/prometheus/kommo-sync-alerts.yml"
+rules=deploy/prometheus/kommo-sync-alerts.yml
+if command -v promtool >/dev/null 2>&1; then
+  if out=$(promtool check rules "$rules" 2>&1); then ok "promtool check rules"; else
+    bad "promtool check rules:"; echo "$out" | indent; fi
+elif python3 -c 'import yaml' 2>/dev/null; then
+  if out=$(python3 - "$rules" 2>&1 <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+rules = [r for g in doc["groups"] for r in g["rules"]]
+for r in rules:
+    missing = {"alert", "expr", "labels", "annotations"} - set(r)
+    assert not missing, f"{r.get('alert')}: missing {missing}"
+print(f"{len(rules)} rules")
+PY
+  ); then ok "parses, every rule has alert, expr, labels, annotations ($out)"; else
+    bad "alert rules:"; echo "$out" | indent; fi
+  note "promtool not installed: the expressions were not compiled (the unit tests check the metric names)"
+else
+  note "neither promtool nor python3-yaml: alert rules not checked here (the unit tests check the metric names)"
+fi
+
 # ---------------------------------------------------------------------------------------------
 echo
 if [[ $failed -gt 0 ]]; then

@@ -114,6 +114,7 @@ impl App {
             store: self.store.clone(),
             source: Arc::new(move || source.health()),
             metrics: self.metrics.clone(),
+            account: self.settings.kommo.account_key(),
             scheduled: self.scheduled.clone(),
         }
     }

@@ -13,7 +13,6 @@ use crate::config::Settings;
 use crate::kommo::KommoSource;
 use crate::store::state::StreamStatus;
 use crate::store::Store;
-use crate::sync::cursor::StoredCursor;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -568,16 +567,8 @@ pub fn status_table(rows: &[StreamStatus], wide: bool) -> String {
             out.push_str(&format!("account {}\n", r.account));
             account = Some(&r.account);
         }
-        // An entity walk's cursor, or a log's (`through`).
-        let upto = serde_json::from_value::<StoredCursor>(r.cursor.clone())
-            .ok()
-            .and_then(|c| c.into_current().synced_up_to())
-            .or_else(|| {
-                serde_json::from_value::<crate::sync::log::LogCursor>(r.cursor.clone())
-                    .ok()
-                    .and_then(|c| c.through)
-            })
-            .and_then(|u| DateTime::from_timestamp(u, 0));
+        let upto =
+            crate::sync::synced_up_to(&r.cursor).and_then(|u| DateTime::from_timestamp(u, 0));
         let lag = upto
             .map(|u| human_duration((Utc::now() - u).num_seconds()))
             .unwrap_or_else(|| "-".into());

@@ -23,6 +23,20 @@ pub struct StreamLabels {
     pub stream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub stream: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+/// The states a stream can be in, as `sync_state.state` and `status` name them.
+pub const STATES: [&str; 4] = ["ok", "backing_off", "banned", "locked_out"];
+
 fn run_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.25, 2.0, 14))
 }
@@ -39,6 +53,13 @@ pub struct Metrics {
     pub last_success: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub lag_seconds: Family<StreamLabels, Gauge>,
     pub run_seconds: Family<StreamLabels, Histogram, fn() -> Histogram>,
+    /// 1 for the state each stream is in, 0 for the others (read from the database at
+    /// every scrape, as `status` shows it).
+    pub stream_state: Family<StateLabels, Gauge>,
+    /// Now minus the time up to which the stream is proven stored (updated at every scrape,
+    /// so that it grows while runs fail or do not happen).
+    pub freshness_seconds: Family<StreamLabels, Gauge>,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +88,9 @@ impl Metrics {
             last_success: Family::default(),
             lag_seconds: Family::default(),
             run_seconds: Family::new_with_constructor(run_histogram),
+            stream_state: Family::default(),
+            freshness_seconds: Family::default(),
+            build_info: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +143,26 @@ impl Metrics {
             "Duration of runs, per stream",
             m.run_seconds.clone(),
         );
+        registry.register(
+            "stream_state",
+            "1 for the state each stream is in (ok, backing_off, banned, locked_out), 0 for the others",
+            m.stream_state.clone(),
+        );
+        registry.register(
+            "freshness_seconds",
+            "Now minus the time up to which the stream is proven stored (server time), at scrape",
+            m.freshness_seconds.clone(),
+        );
+        registry.register(
+            "build_info",
+            "The running build: its version as a label, value 1",
+            m.build_info.clone(),
+        );
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         Metrics { registry, ..m }
     }
 
@@ -143,6 +187,18 @@ impl Metrics {
         }
     }
 
+    /// Sets the one-hot state gauge of `stream`.
+    pub fn set_state(&self, stream: &str, state: &str) {
+        for s in STATES {
+            self.stream_state
+                .get_or_create(&StateLabels {
+                    stream: stream.to_string(),
+                    state: s.to_string(),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
     pub fn stream(stream: &str) -> StreamLabels {
         StreamLabels {
             stream: stream.to_string(),
@@ -160,6 +216,48 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_gauge_is_one_hot_and_the_build_is_named() {
+        let m = Metrics::new();
+        m.set_state("leads", "backing_off");
+        m.set_state("leads", "banned");
+        let text = m.render();
+        for line in [
+            "kommo_sync_stream_state{stream=\"leads\",state=\"banned\"} 1",
+            "kommo_sync_stream_state{stream=\"leads\",state=\"backing_off\"} 0",
+            "kommo_sync_stream_state{stream=\"leads\",state=\"ok\"} 0",
+            "kommo_sync_build_info{version=",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    /// The alert rules shipped in `deploy/` name only series this registry exports.
+    #[test]
+    fn the_shipped_alert_rules_use_only_exported_metrics() {
+        let rules = include_str!("../deploy/prometheus/kommo-sync-alerts.yml");
+        let m = Metrics::new();
+        m.declare_streams(["leads"]);
+        m.set_state("leads", "ok");
+        m.freshness_seconds
+            .get_or_create(&Metrics::stream("leads"))
+            .set(1);
+        m.request("/api/v4/leads", Some(200));
+        let text = m.render();
+        let mut named = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("kommo_sync_") {
+                named += 1;
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{word}{{"))
+                        || l.starts_with(&format!("{word} "))),
+                    "{word} is not exported:\n{text}"
+                );
+            }
+        }
+        assert!(named >= 5, "{named}");
+    }
 
     /// Every stream's counters exist from the first scrape, at 0.
     #[test]

@@ -24,6 +24,8 @@ pub struct Health {
     /// Whether the source stopped its traffic (a ban, refused credentials).
     pub source: Arc<dyn Fn() -> SourceHealth + Send + Sync>,
     pub metrics: Arc<Metrics>,
+    /// The account whose streams the state and freshness gauges show.
+    pub account: String,
     /// Set once migrations are applied and the schedule is running.
     pub scheduled: Arc<AtomicBool>,
 }
@@ -67,7 +69,30 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
+/// Reads each stream's state and how far it is stored into the gauges, within a short
+/// deadline: a database that hangs leaves the last values (and `/readyz` says why).
+async fn refresh_gauges(h: &Health) {
+    let status = tokio::time::timeout(
+        Duration::from_secs(2),
+        h.store.status(Some(&h.account), &[]),
+    );
+    let Ok(Ok(rows)) = status.await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp();
+    for r in rows {
+        h.metrics.set_state(&r.stream, &r.state);
+        if let Some(upto) = crate::sync::synced_up_to(&r.cursor) {
+            h.metrics
+                .freshness_seconds
+                .get_or_create(&Metrics::stream(&r.stream))
+                .set(now - upto);
+        }
+    }
+}
+
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    refresh_gauges(&h).await;
     (
         [(
             header::CONTENT_TYPE,

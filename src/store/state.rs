@@ -321,7 +321,7 @@ impl Store {
             })
             .collect();
         let rows = if tables.is_empty() {
-            "0".to_string()
+            "0::bigint".to_string()
         } else {
             format!("CASE s.stream {counts}ELSE 0 END")
         };

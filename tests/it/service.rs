@@ -102,7 +102,33 @@ async fn metrics_parse_and_match_what_the_simulator_counted() {
             samples.get(&lag).is_some_and(|v| *v >= 2.0),
             "{lag}: the lag is at least sync.lag_secs"
         );
+        let state = |s: &str| {
+            samples
+                .get(&format!(
+                    "kommo_sync_stream_state{{stream=\"{}\",state=\"{s}\"}}",
+                    r.stream
+                ))
+                .copied()
+        };
+        assert_eq!(
+            (state("ok"), state("banned")),
+            (Some(1.0), Some(0.0)),
+            "{text}"
+        );
+        let fresh = format!("kommo_sync_freshness_seconds{{stream=\"{}\"}}", r.stream);
+        assert!(
+            samples
+                .get(&fresh)
+                .is_some_and(|v| *v >= 2.0 && *v < 3600.0),
+            "{fresh}: now minus what is proven stored"
+        );
     }
+    assert!(
+        samples
+            .keys()
+            .any(|k| k.starts_with("kommo_sync_build_info{version=")),
+        "{text}"
+    );
     assert_eq!(samples.get("kommo_sync_api_throttled_total"), Some(&0.0));
     cancel.cancel();
 }
@@ -122,6 +148,11 @@ async fn readyz_turns_unready_when_the_simulator_bans() {
     let (status, body) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, 503);
     assert!(body.contains("banned"), "{body}");
+    let (_, text) = get(&format!("{base}/metrics")).await;
+    assert!(
+        text.contains("kommo_sync_stream_state{stream=\"leads\",state=\"banned\"} 1"),
+        "{text}"
+    );
     assert_eq!(
         get(&format!("{base}/healthz")).await.0,
         200,
