@@ -13,6 +13,7 @@ use crate::kommo::{KommoClient, KommoSource};
 use crate::metrics::Metrics;
 use crate::server::Health;
 use crate::source::Source;
+use crate::store::lease::Lease;
 use crate::store::state::{StreamStatus, StreamTable};
 use crate::store::tokens::PgTokens;
 use crate::store::Store;
@@ -66,14 +67,6 @@ impl App {
     ) -> anyhow::Result<App> {
         let store = Store::connect(&settings.database).await?;
         store.migrate().await?;
-        let account = settings.kommo.account_key();
-        let closed = store.close_interrupted_runs(&account).await?;
-        if closed > 0 {
-            tracing::info!(
-                runs = closed,
-                "closed the runs a stopped process left running (outcome interrupted)"
-            );
-        }
         let metrics = Arc::new(Metrics::new());
         metrics.declare_streams(crate::kommo::stream_names());
         let client = client(&settings, &store, &cancel, &metrics).await?;
@@ -231,25 +224,13 @@ impl App {
             }
             None => None,
         };
-        let (scheduled, health, cancel) =
-            (self.scheduled.clone(), self.health(), self.cancel.clone());
-        let on_ready = move || {
-            scheduled.store(true, Ordering::Relaxed);
-            // systemd (Type=notify): ready once migrations are applied and the schedule runs.
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            if let Some(every) = sd_notify::watchdog_enabled() {
-                tokio::spawn(watchdog(health, every / 2, cancel));
-            }
-        };
-        let result = run_schedules(
-            self.engine.clone(),
-            schedules,
-            self.settings.sync.run_at_startup,
-            self.cancel.clone(),
-            Box::new(on_ready),
-        )
-        .await
-        .context("running the schedule");
+        // systemd (Type=notify): ready once migrations are applied; a process standing by
+        // for the account's lease is a healthy process too.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        if let Some(every) = sd_notify::watchdog_enabled() {
+            tokio::spawn(watchdog(self.health(), every / 2, self.cancel.clone()));
+        }
+        let result = self.hold_and_run(schedules).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         // A token refresh in flight ends with its commit, or the next start is locked out.
         self.client.settle().await;
@@ -261,6 +242,106 @@ impl App {
         Ok(())
     }
 }
+
+impl App {
+    /// Takes the account's lease if no other process holds it (see
+    /// [`crate::store::lease`]). The holder closes the runs a dead holder left `running`,
+    /// and holds back for a ban another process stored.
+    pub async fn take_lease(&self) -> anyhow::Result<Option<Lease>> {
+        let account = self.settings.kommo.account_key();
+        let Some(lease) = self.store.try_lease(&account).await? else {
+            return Ok(None);
+        };
+        let closed = self.store.close_interrupted_runs(&account).await?;
+        if closed > 0 {
+            tracing::info!(
+                runs = closed,
+                "closed the runs a stopped process left running (outcome interrupted)"
+            );
+        }
+        if let Some(until) = self.store.stored_ban(&account).await? {
+            self.client.politeness().restore_ban(until);
+        }
+        Ok(Some(lease))
+    }
+
+    /// Stands by until the account's lease is free, runs the schedule while it is held,
+    /// and stands by again if it is lost (its database connection broke), until `cancel`.
+    async fn hold_and_run(&self, schedules: Vec<Schedule>) -> anyhow::Result<()> {
+        let mut said = false;
+        loop {
+            let mut lease = loop {
+                if self.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                match self.take_lease().await {
+                    Ok(Some(lease)) => break lease,
+                    Ok(None) if !said => {
+                        tracing::info!(
+                            account = self.engine.account(),
+                            "another process syncs this account: standing by to take over"
+                        );
+                        said = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error.message = %format!("{e:#}"), "cannot take the account's lease yet")
+                    }
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(LEASE_POLL) => {}
+                }
+            };
+            said = false;
+            tracing::info!(
+                account = self.engine.account(),
+                "holding the account's lease: syncing"
+            );
+            let held = self.cancel.child_token();
+            let watch = tokio::spawn({
+                let held = held.clone();
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = held.cancelled() => return lease,
+                            _ = tokio::time::sleep(LEASE_POLL) => {}
+                        }
+                        if !lease.holds().await {
+                            tracing::warn!(
+                                "lost the account's lease (its database connection broke): \
+                                 stopping the schedule, then standing by"
+                            );
+                            held.cancel();
+                            return lease;
+                        }
+                    }
+                }
+            });
+            self.scheduled.store(true, Ordering::Relaxed);
+            let result = run_schedules(
+                self.engine.clone(),
+                schedules.clone(),
+                self.settings.sync.run_at_startup,
+                held.clone(),
+                Box::new(|| {}),
+            )
+            .await
+            .context("running the schedule");
+            self.scheduled.store(false, Ordering::Relaxed);
+            held.cancel();
+            let lease = watch.await.context("watching the account's lease")?;
+            result?;
+            if self.cancel.is_cancelled() {
+                lease.release().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How often a standby tries the lease, and the holder checks it still holds it.
+const LEASE_POLL: Duration = Duration::from_secs(2);
 
 /// The Kommo client of these settings, holding a ban an earlier process stored (a 403
 /// outlives the process that met it: nothing is sent before it ends). `store` must hold a

@@ -181,6 +181,21 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// One process per account: a one-shot command runs only while no other process (a daemon,
+/// another `sync`) syncs the account, or the two would share Kommo's limit unknowingly.
+async fn hold_the_account(app: &App) -> anyhow::Result<crate::store::lease::Lease> {
+    match app.take_lease().await? {
+        Some(lease) => Ok(lease),
+        None => anyhow::bail!(
+            "another kommo-sync process is syncing account {} into schema `{}` right now (a \
+             daemon, or another sync); two would share Kommo's rate limit and draw 429s. Its \
+             runs cover this one: wait for it, or stop it and run this again",
+            app.settings.kommo.account_key(),
+            app.store.schema()
+        ),
+    }
+}
+
 /// `status`: reads the database only, so it needs only the database settings; without an
 /// account in the settings it shows every account the schema holds. Creates nothing.
 async fn status_command(config: Option<&std::path::Path>, json: bool, wide: bool) -> ExitCode {
@@ -341,6 +356,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 streams.clone()
             };
             let app = App::build_with(settings, cancel.clone(), progress_display(&shown)).await?;
+            let _lease = hold_the_account(&app).await?;
             tokio::spawn({
                 let cancel = cancel.clone();
                 async move {
@@ -376,6 +392,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Reconcile { streams } => {
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
+            let _lease = hold_the_account(&app).await?;
             tokio::spawn({
                 let cancel = cancel.clone();
                 async move {

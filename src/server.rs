@@ -34,7 +34,11 @@ impl Health {
     /// Why the daemon cannot do its job right now, if it cannot.
     pub async fn not_ready(&self) -> Option<String> {
         if !self.scheduled.load(Ordering::Relaxed) {
-            return Some("starting: the schedule is not running yet".into());
+            return Some(
+                "not syncing: the schedule is not running (starting, or standing by while \
+                 another process holds the account's lease)"
+                    .into(),
+            );
         }
         match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
             Ok(Ok(())) => {}

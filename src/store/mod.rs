@@ -7,6 +7,7 @@
 pub mod access;
 pub mod children;
 pub mod custom_fields;
+pub mod lease;
 pub mod log;
 pub mod reference;
 pub mod rows;

@@ -73,8 +73,8 @@ async fn a_process_started_during_a_stored_ban_sends_nothing() {
     assert!(status.iter().any(|s| s.state == "banned"), "{status:?}");
 }
 
-/// `kill -9` leaves a run `running`; the next process closes it as interrupted before it
-/// starts its own, and its own end as usual.
+/// `kill -9` leaves a run `running`; the next process to hold the account closes it as
+/// interrupted before it starts its own, and its own end as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_left_running_by_a_dead_process_are_closed_as_interrupted() {
     let t = spawn_entities(small_account(), &[]).await;
@@ -88,6 +88,7 @@ async fn runs_left_running_by_a_dead_process_are_closed_as_interrupted() {
     let next = App::build(settings, CancellationToken::new())
         .await
         .unwrap();
+    let _lease = next.take_lease().await.unwrap().expect("no one holds it");
     let outcomes: Vec<(String, String, Option<String>)> =
         sqlx::query_as("SELECT account, outcome, error FROM sync_runs ORDER BY id")
             .fetch_all(&t.pool)

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kommo_sim::SimConfig;
+use kommo_sim::{Entity, SimConfig};
 
 use crate::helpers::*;
 
@@ -516,4 +516,135 @@ async fn run_exits_at_once_when_the_side_servers_port_is_taken() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     drop(taken);
+}
+
+/// A daemon's stderr, line by line, as it comes.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (up to `within`) for a line containing `what`; the lines read meanwhile are kept.
+fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    within: Duration,
+) -> Option<Instant> {
+    let until = Instant::now() + within;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return Some(Instant::now()),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Two daemons (replicas) and a one-shot sync on one account: only the holder of the
+/// account's lease sends requests (never more than 7 in a second, no 429), the other stands
+/// by; `sync` refuses to run beside it; after `kill -9` of the holder the standby takes
+/// over and the mirror ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_take_turns_on_an_account_and_fail_over_on_kill_9() {
+    let t = spawn_entities(
+        SimConfig {
+            latency: Duration::from_millis(100),
+            ..small_account()
+        },
+        &[],
+    )
+    .await;
+    let mut env = t.env.clone();
+    for e in ENTITIES {
+        env.push((
+            format!(
+                "KOMMO_SYNC__STREAMS__{}__SCHEDULE",
+                e.as_str().to_uppercase()
+            ),
+            "*/2 * * * * *".into(),
+        ));
+    }
+    env.push(("KOMMO_SYNC__LOG__FORMAT".into(), "text".into()));
+    let daemon = || {
+        with_env(binary(), &env)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = daemon();
+    let first_log = lines_of(&mut first);
+    let holding = "holding the account's lease";
+    assert!(wait_for(&first_log, holding, Duration::from_secs(20)).is_some());
+    let mut second = daemon();
+    let second_log = lines_of(&mut second);
+    assert!(
+        wait_for(&second_log, "standing by", Duration::from_secs(20)).is_some(),
+        "the second replica stands by"
+    );
+    let sync_env = env.clone();
+    let beside = tokio::task::spawn_blocking(move || {
+        with_env(binary(), &sync_env).arg("sync").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(beside.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&beside.stderr);
+    assert!(
+        err.contains("another kommo-sync process is syncing"),
+        "{err}"
+    );
+    // Both replicas run their schedule's ticks meanwhile; only one sends.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    t.assert_polite();
+    let sim = t.sim.sim();
+    sim.edit(
+        Entity::Leads,
+        &[sim.dump(Entity::Leads)[0]["id"].as_i64().unwrap()],
+    );
+
+    let killed = Instant::now();
+    first.kill().unwrap();
+    let _ = first.wait();
+    let took_over =
+        wait_for(&second_log, holding, Duration::from_secs(20)).expect("the standby takes over");
+    eprintln!("take-over after kill -9: {:?}", took_over - killed);
+    assert!(took_over - killed < Duration::from_secs(10));
+    // The standby goes on from the stored cursor: the edit made before the kill arrives.
+    t.let_lag_pass();
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leads = t.rows(Entity::Leads).await;
+        let dump = sim.dump_with(Entity::Leads, kommo_sim::With::NONE);
+        let current = dump.iter().all(|v| {
+            leads.get(&v["id"].as_i64().unwrap()).map(|r| r.0) == v["updated_at"].as_i64()
+        });
+        if current || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    t.assert_mirrors_simulator().await;
+    t.assert_polite();
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
