@@ -87,6 +87,10 @@ pub enum Command {
         /// Name of the role, e.g. kommo_reader (lowercase letters, digits and _).
         name: String,
     },
+    /// Print every setting as it takes effect and where it came from (default, the --config
+    /// file, or the environment variable that set it); secrets are shown as <redacted>.
+    /// Then validate them: exit 2 with the problem and the fix if they are not valid.
+    Config,
     /// Validate the settings, reach PostgreSQL, and make one request to the Kommo API.
     Check,
     /// OAuth 2.0 (kommo.auth = "oauth"): store the first token pair, or show the stored one.
@@ -159,6 +163,9 @@ pub async fn main() -> ExitCode {
     if let Command::Status { json, wide } = cli.command {
         return status_command(cli.config.as_deref(), json, wide).await;
     }
+    if let Command::Config = cli.command {
+        return config_command(cli.config.as_deref());
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -177,6 +184,45 @@ pub async fn main() -> ExitCode {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `config`: the effective settings, where each came from, then whether they are valid.
+fn config_command(file: Option<&std::path::Path>) -> ExitCode {
+    let explained = match Settings::explain(file, std::env::vars()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let width = explained.iter().map(|e| e.key.len()).max().unwrap_or(0);
+    for e in &explained {
+        let from = match &e.origin {
+            crate::config::Origin::Default => "default".to_string(),
+            crate::config::Origin::File => format!(
+                "file {}",
+                file.map(|f| f.display().to_string()).unwrap_or_default()
+            ),
+            crate::config::Origin::Environment(var) => format!("env {var}"),
+        };
+        let value = if e.value.is_empty() {
+            "\"\"".to_string()
+        } else {
+            e.value.clone()
+        };
+        println!("{:<width$}  {value:<40}  ({from})", e.key);
+    }
+    match Settings::load_from(file, std::env::vars()) {
+        Ok(_) => {
+            println!("\nsettings: valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("\nsettings: NOT valid");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -294,6 +340,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { .. } => unreachable!("handled before the API settings are loaded"),
+        Command::Config => unreachable!("handled before the settings are loaded"),
         Command::Check => {
             println!("settings: ok ({})", settings.kommo.base_url);
             // Checks only: a missing database or schema is reported, never created.

@@ -191,6 +191,111 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+/// How far [`layered`] stacks the sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Layer {
+    Defaults,
+    File,
+    Environment,
+}
+
+/// The built-in defaults, then the file, then the environment, up to `upto`.
+fn layered(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    upto: Layer,
+) -> Result<config::Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+                "give the path of a TOML file, or leave --config out to use the defaults",
+            ));
+        }
+        if upto >= Layer::File {
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+    }
+    if upto >= Layer::Environment {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+    }
+    Ok(builder.build()?)
+}
+
+fn flatten(
+    prefix: &str,
+    map: &config::Map<String, config::Value>,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match &v.kind {
+            config::ValueKind::Table(t) => flatten(&key, t, out),
+            _ => {
+                out.insert(key, v.to_string());
+            }
+        }
+    }
+}
+
+/// A setting's value as it may be shown: secrets never are.
+fn redacted(key: &str, value: &str) -> String {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    if value.is_empty() {
+        return String::new();
+    }
+    if matches!(leaf, "token" | "client_secret" | "password") {
+        return "<redacted>".into();
+    }
+    if leaf == "url" {
+        if let Ok(mut url) = Url::parse(value) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            return url.to_string();
+        }
+    }
+    value.to_string()
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File,
+    /// The variable that set it.
+    Environment(String),
+}
+
+/// One setting, as `kommo-sync config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    pub key: String,
+    pub value: String,
+    pub origin: Origin,
+}
+
 /// Settings of a command that only reads the database; see [`Settings::load_for_reading`].
 #[derive(Debug, Clone)]
 pub struct ReadingSettings {
@@ -337,34 +442,52 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<RawSettings, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(invalid(
-                    "--config",
-                    format!("file {} does not exist", path.display()),
-                    "give the path of a TOML file, or leave --config out to use the defaults",
-                ));
-            }
-            builder = builder.add_source(
-                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+        Ok(layered(file, env, Layer::Environment)?.try_deserialize()?)
+    }
+
+    /// Every setting as it takes effect, with where it came from (`kommo-sync config`).
+    /// Secrets are shown as `<redacted>` (a database URL without its password). Works on
+    /// settings that do not validate, so that it can show what is wrong.
+    pub fn explain(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<Explained>, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let flat = |layer| -> Result<BTreeMap<String, String>, ConfigError> {
+            let mut out = BTreeMap::new();
+            flatten(
+                "",
+                &layered(file, env.clone(), layer)?
+                    .try_deserialize::<config::Map<String, config::Value>>()?,
+                &mut out,
             );
-        }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
+            Ok(out)
+        };
+        let (defaults, filed, all) = (
+            flat(Layer::Defaults)?,
+            flat(Layer::File)?,
+            flat(Layer::Environment)?,
         );
-        Ok(builder.build()?.try_deserialize()?)
+        Ok(all
+            .iter()
+            .map(|(key, value)| {
+                let origin = if filed.get(key) != Some(value) {
+                    Origin::Environment(format!(
+                        "{ENV_PREFIX}__{}",
+                        key.replace('.', "__").to_uppercase()
+                    ))
+                } else if defaults.get(key) != Some(value) {
+                    Origin::File
+                } else {
+                    Origin::Default
+                };
+                Explained {
+                    key: key.clone(),
+                    value: redacted(key, value),
+                    origin,
+                }
+            })
+            .collect())
     }
 
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {

@@ -31,6 +31,8 @@ fn help_lists_every_command() {
         "status",
         "migrate",
         "check",
+        "config",
+        "reconcile",
         "KOMMO_SYNC__",
         "Exit codes",
     ] {
@@ -647,4 +649,50 @@ async fn replicas_take_turns_on_an_account_and_fail_over_on_kill_9() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// `config` shows every setting with where it came from, never a secret, and says whether
+/// the whole is valid.
+#[test]
+fn config_shows_each_setting_its_origin_and_no_secret() {
+    let dir = std::env::temp_dir().join(format!("kommo-sync-config-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("k.toml");
+    std::fs::write(&file, "[kommo]\nsubdomain = \"acme\"\n").unwrap();
+    let out = binary()
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .env("KOMMO_SYNC__KOMMO__TOKEN", "tok-s3cr3t")
+        .env(
+            "KOMMO_SYNC__DATABASE__URL",
+            "postgres://u:pw-s3cr3t@db:5432/kommo",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("kommo.token").contains("<redacted>")
+            && line("kommo.token").contains("env KOMMO_SYNC__KOMMO__TOKEN")
+    );
+    assert!(line("kommo.subdomain").contains("acme") && line("kommo.subdomain").contains("file "));
+    assert!(line("sync.lag_secs").contains("300") && line("sync.lag_secs").contains("(default)"));
+    assert!(text.contains("settings: valid"), "{text}");
+
+    let out = binary()
+        .arg("config")
+        .env("KOMMO_SYNC__KOMMO__MAX_RPS", "50")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT valid"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
