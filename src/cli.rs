@@ -227,6 +227,15 @@ fn config_command(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
+/// SIGTERM or SIGINT cancels a one-shot command: waits end early, no new page starts.
+fn cancel_on_shutdown(cancel: &CancellationToken) {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+}
+
 /// One process per account: a one-shot command runs only while no other process (a daemon,
 /// another `sync`) syncs the account, or the two would share Kommo's limit unknowingly.
 async fn hold_the_account(app: &App) -> anyhow::Result<crate::store::lease::Lease> {
@@ -404,13 +413,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             };
             let app = App::build_with(settings, cancel.clone(), progress_display(&shown)).await?;
             let _lease = hold_the_account(&app).await?;
-            tokio::spawn({
-                let cancel = cancel.clone();
-                async move {
-                    shutdown_signal().await;
-                    cancel.cancel();
-                }
-            });
+            cancel_on_shutdown(&cancel);
             let result = app.sync_once(&streams, full).await;
             // A token refresh in flight ends with its commit, or the next start is locked out.
             app.client.settle().await;
@@ -440,13 +443,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
             let _lease = hold_the_account(&app).await?;
-            tokio::spawn({
-                let cancel = cancel.clone();
-                async move {
-                    shutdown_signal().await;
-                    cancel.cancel();
-                }
-            });
+            cancel_on_shutdown(&cancel);
             let result = app.reconcile(&streams).await;
             app.client.settle().await;
             for (stream, done) in result? {

@@ -51,6 +51,17 @@ fn is_log_filter(filter: &str) -> bool {
         })
 }
 
+fn validate_log(log: &LogSettings) -> Result<(), ConfigError> {
+    if is_log_filter(&log.level) {
+        return Ok(());
+    }
+    Err(invalid(
+        "log.level",
+        format!("`{}` is not a log level or filter", log.level),
+        "use error, warn, info, debug or trace (or a filter like \"info,kommo_sync=debug\")",
+    ))
+}
+
 fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -423,13 +434,7 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<ReadingSettings, ConfigError> {
         let raw = Self::raw(file, env)?;
-        if !is_log_filter(&raw.log.level) {
-            return Err(invalid(
-                "log.level",
-                format!("`{}` is not a log level or filter", raw.log.level),
-                "use error, warn, info, debug or trace (or a filter like \"info,kommo_sync=debug\")",
-            ));
-        }
+        validate_log(&raw.log)?;
         let account = base_url_of(&raw.kommo)?.as_ref().map(account_key_of);
         Ok(ReadingSettings {
             database: validate_database(raw.database)?,
@@ -548,13 +553,7 @@ impl Settings {
                 )
             })?)
         };
-        if !is_log_filter(&raw.log.level) {
-            return Err(invalid(
-                "log.level",
-                format!("`{}` is not a log level or filter", raw.log.level),
-                "use error, warn, info, debug or trace (or a filter like \"info,kommo_sync=debug\")",
-            ));
-        }
+        validate_log(&raw.log)?;
         Ok(Settings {
             kommo,
             database,

@@ -174,21 +174,28 @@ pub fn private_schema(schema: &str) -> String {
     format!("{schema}_private")
 }
 
+/// Where the settings point (`host:port/database`, for messages) and how to connect there,
+/// with `search_path` set to the mirror's schema and then the private one (only the token
+/// store's names resolve there).
+fn connect_options(settings: &DatabaseSettings) -> (String, sqlx::postgres::PgConnectOptions) {
+    let target = format!(
+        "{}:{}/{}",
+        settings.connect.get_host(),
+        settings.connect.get_port(),
+        settings.connect.get_database().unwrap_or("")
+    );
+    let path = format!("{},{}", settings.schema, private_schema(&settings.schema));
+    let options = settings
+        .connect
+        .clone()
+        .options([("search_path", path.as_str())]);
+    (target, options)
+}
+
 impl Store {
     /// Connects with `search_path` set to the mirror's schema, so every name resolves there.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
-        let target = format!(
-            "{}:{}/{}",
-            settings.connect.get_host(),
-            settings.connect.get_port(),
-            settings.connect.get_database().unwrap_or("")
-        );
-        // The private schema second: only the token store's names resolve there.
-        let path = format!("{},{}", settings.schema, private_schema(&settings.schema));
-        let options = settings
-            .connect
-            .clone()
-            .options([("search_path", path.as_str())]);
+        let (target, options) = connect_options(settings);
         let connect = || {
             PgPoolOptions::new()
                 .max_connections(settings.max_connections)
@@ -224,17 +231,7 @@ impl Store {
     /// read or check. A missing database is an error that names it (a typo in
     /// database.url must not create a new, empty database).
     pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
-        let target = format!(
-            "{}:{}/{}",
-            settings.connect.get_host(),
-            settings.connect.get_port(),
-            settings.connect.get_database().unwrap_or("")
-        );
-        let path = format!("{},{}", settings.schema, private_schema(&settings.schema));
-        let options = settings
-            .connect
-            .clone()
-            .options([("search_path", path.as_str())]);
+        let (target, options) = connect_options(settings);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
