@@ -3,7 +3,8 @@
 //! Prints entities per second, requests, and the ratio to the ceiling `max_rps × 250`
 //! (the most the API allows). Run: `cargo bench --bench full_sync`.
 //! Knobs (environment): BENCH_LEADS, BENCH_CONTACTS, BENCH_COMPANIES, BENCH_TASKS,
-//! BENCH_LATENCY_MS, TEST_DATABASE_URL.
+//! BENCH_LATENCY_MS, BENCH_IMPORT (entities of each kind created in one second by an import),
+//! TEST_DATABASE_URL.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         companies: knob("BENCH_COMPANIES", 5_000),
         tasks: knob("BENCH_TASKS", 12_000),
         latency,
+        import_crowd: knob("BENCH_IMPORT", 0),
         ..SimConfig::default()
     };
     let total = cfg.leads + cfg.contacts + cfg.companies + cfg.tasks;

@@ -516,7 +516,7 @@ impl Settings {
             return Err(invalid(
                 "sync.parallelism",
                 "must be between 1 and 16",
-                "use 3",
+                "use 8 (the default)",
             ));
         }
         // The streams are the source's own declarations; a `[streams.X]` block for any

@@ -297,4 +297,10 @@ pub trait Source: Send + Sync + 'static {
 
     /// Whether traffic is stopped right now, and why.
     fn health(&self) -> SourceHealth;
+
+    /// Whether requests are waiting for the source's rate limit right now. Then one more
+    /// request in flight would not be answered sooner, and the engine neither splits a
+    /// window (each part ends with a partial page) nor fetches ahead; while nothing waits,
+    /// the server's latency sets the pace and more requests side by side fill the rate.
+    fn queueing(&self) -> bool;
 }

@@ -269,6 +269,10 @@ impl Source for KommoSource {
         }
     }
 
+    fn queueing(&self) -> bool {
+        self.client.politeness().queueing()
+    }
+
     async fn fetch(&self, req: &PageRequest) -> Result<Page, FetchError> {
         let path = format!("/api/v4/{}", req.stream);
         let answer = self

@@ -29,6 +29,7 @@
 //! into one second.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -146,11 +147,22 @@ struct Gates {
     throttles: u64,
 }
 
+/// Counts a waiter out however its wait ends (released, banned, cancelled, dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Politeness {
     /// One waiter at a time, in arrival order (tokio's semaphore is fair): the holder alone
     /// sleeps until its departure, the others queue behind it. A crowd of waiters woken at once
     /// would race for the slot and delay the winner between its release and its send.
     turn: Semaphore,
+    /// Requests waiting for their release right now (see [`Politeness::queueing`]).
+    waiting: AtomicUsize,
     /// Wakes the waiter holding the turn when a gate changes (ban, lock-out, pause), so that it
     /// does not sleep through a ban that began while it waited.
     changed: Notify,
@@ -185,6 +197,7 @@ impl Politeness {
         let releases = full.worst_burst(now);
         Politeness {
             turn: Semaphore::new(1),
+            waiting: AtomicUsize::new(0),
             changed: Notify::new(),
             spacing,
             full,
@@ -229,6 +242,8 @@ impl Politeness {
         if let Some(err) = self.ban_error(&self.gates()) {
             return Err(err);
         }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         let _turn = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(GateError::Cancelled),
@@ -280,6 +295,12 @@ impl Politeness {
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
+    }
+
+    /// Whether a request is waiting for its release now: the rate, not the server's
+    /// latency, sets the pace, and one more request in flight would not be answered sooner.
+    pub fn queueing(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     fn ban_error(&self, g: &Gates) -> Option<GateError> {
@@ -555,6 +576,40 @@ mod tests {
         assert!(gaps.iter().all(|g| *g >= SPACING / 2), "{gaps:?}");
         assert!(gaps[9] >= SPACING + Duration::from_millis(60), "{gaps:?}");
         assert_every_eight_span_the_window(&sent);
+    }
+
+    /// Requests that wait for their release show as a queue, and only while they wait: the
+    /// engine splits windows only while nothing queues.
+    #[tokio::test]
+    async fn the_queue_shows_while_requests_wait_for_their_release() {
+        let p = std::sync::Arc::new(politeness());
+        let cancel = CancellationToken::new();
+        assert!(!p.queueing());
+        // The first requests of a process keep the window with a worst-case predecessor:
+        // these wait.
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, cancel) = (p.clone(), cancel.clone());
+                tokio::spawn(async move { p.acquire(&cancel).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(p.queueing(), "three requests wait for the rate");
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert!(!p.queueing(), "every request was released");
+        // A waiter that gives up (cancelled) leaves the queue too.
+        let stop = CancellationToken::new();
+        let gives_up = {
+            let (p, stop) = (p.clone(), stop.clone());
+            tokio::spawn(async move { p.acquire(&stop).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(p.queueing());
+        stop.cancel();
+        assert!(gives_up.await.unwrap().is_err());
+        assert!(!p.queueing());
     }
 
     #[tokio::test]

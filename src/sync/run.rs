@@ -546,8 +546,9 @@ impl<S: Source> Run<'_, S> {
         tasks: &mut JoinSet<Fetched>,
         slot: OwnedSemaphorePermit,
     ) -> Result<(), SyncError> {
-        // Splitting costs a request: only when a slot would otherwise stay free.
-        let may_split = self.engine.slots.available_permits() > 0;
+        // Splitting costs a request: only when a slot would otherwise stay free and the
+        // rate limit is not what holds requests back.
+        let may_split = self.engine.slots.available_permits() > 0 && !self.engine.source.queueing();
         let (ticket, req) = match walk.next(may_split) {
             Ok(Some(next)) => next,
             Ok(None) => return Ok(()),
@@ -607,6 +608,9 @@ impl<S: Source> Run<'_, S> {
         }
         tracing::debug!(
             stream = self.decl.name,
+            order = ?req.order,
+            page = req.page,
+            limit = req.limit,
             items,
             kept = applied.records.len(),
             "page"

@@ -563,8 +563,14 @@ impl Walk {
                     w.frozen = None;
                 }
                 if w.counted_from.is_none() {
+                    // From the oldest item kept, not from the window's lower end: a full
+                    // sync's window starts at 0, and counting from 1970 would make any
+                    // window look empty and never split.
+                    let oldest = applied.records.iter().map(|r| r.updated_at).min();
                     w.counted_from = Some(match &w.at {
-                        Position::UpdatedAt { key } => key.second.max(w.from),
+                        Position::UpdatedAt { key } => {
+                            oldest.unwrap_or(key.second).max(key.second.max(w.from))
+                        }
                         _ => w.from,
                     });
                 }
@@ -865,5 +871,62 @@ mod clock_tests {
         assert!(err.to_string().contains("ahead of"), "{err}");
         let behind = run_at(first, 1_000_300, 1_000_300).unwrap_err();
         assert!(behind.to_string().contains("behind"), "{behind}");
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn spread(first_id: i64, from: i64, step: i64, n: i64) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                id: first_id + i,
+                updated_at: from + i * step,
+                created_at: Some(from + i * step),
+                raw: serde_json::json!({}),
+            })
+            .collect()
+    }
+
+    /// A full sync's window starts at 0, yet its entities start in this decade: the guess at
+    /// what is left counts from the first entity, so that a long window is split at once
+    /// (the parts are fetched side by side) instead of being walked one page at a time.
+    #[test]
+    fn a_full_sync_whose_first_page_shows_many_pages_left_splits_at_once() {
+        let settings = WalkSettings {
+            lag: 5,
+            page_size: 250,
+            clock: None,
+        };
+        let mut walk = Walk::new(
+            "leads",
+            WalkKind::UpdatedAtKeyset,
+            Cursor::default(),
+            &settings,
+        );
+        let (probe, _) = walk.next(true).unwrap().expect("the probe");
+        // 250 entities over 2,500 s, in a window of about a million seconds after them.
+        walk.apply(
+            probe,
+            Page {
+                records: spread(1, 1_700_000_000, 10, 250),
+                server_time: Some(1_701_000_000),
+                ..Page::default()
+            },
+        )
+        .unwrap();
+        let (_, first) = walk.next(true).unwrap().expect("the next page");
+        assert_eq!(walk.stats().splits, 1);
+        assert!(walk.has_idle(), "the part split off waits for a request");
+        let (_, second) = walk
+            .next(false)
+            .unwrap()
+            .expect("a part split off beside it");
+        let (a, b) = (first.updated.unwrap(), second.updated.unwrap());
+        assert!(
+            a.to.unwrap() < b.from.unwrap() + 2,
+            "the parts do not overlap: {a:?} {b:?}"
+        );
     }
 }

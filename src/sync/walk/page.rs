@@ -357,6 +357,7 @@ fn updated_keyset(ctx: &Ctx, key: &Key, req: &PageRequest, records: Vec<Record>)
         .filter(|r| in_window(ctx, r) && r.updated_at >= k)
         .collect();
     let newest = in_win.iter().map(|r| r.updated_at).max();
+    let oldest = in_win.iter().map(|r| r.updated_at).min();
     let at_newest: Vec<i64> = in_win
         .iter()
         .filter(|r| Some(r.updated_at) == newest)
@@ -441,8 +442,9 @@ fn updated_keyset(ctx: &Ctx, key: &Key, req: &PageRequest, records: Vec<Record>)
     };
     let mut out = Outcome::new(keep, step);
     out.strays = strays.total();
-    if let (Some(newest), true) = (newest, full) {
-        let rate = n.max(1) as f64 / (newest - k + 1) as f64;
+    if let (Some(newest), Some(oldest), true) = (newest, oldest, full) {
+        // From the oldest item, not the key: a full sync's key is 0.
+        let rate = n.max(1) as f64 / (newest - k.max(oldest) + 1) as f64;
         out.remaining = Some(rate * (ctx.to - newest).max(0) as f64);
     }
     out
