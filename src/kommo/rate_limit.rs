@@ -29,7 +29,7 @@
 //! into one second.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -161,8 +161,10 @@ pub struct Politeness {
     /// sleeps until its departure, the others queue behind it. A crowd of waiters woken at once
     /// would race for the slot and delay the winner between its release and its send.
     turn: Semaphore,
-    /// Requests waiting for their release right now (see [`Politeness::queueing`]).
+    /// Requests waiting for their release right now, and whether the last one released had
+    /// to wait for its turn (see [`Politeness::queueing`]).
     waiting: AtomicUsize,
+    last_waited: AtomicBool,
     /// Wakes the waiter holding the turn when a gate changes (ban, lock-out, pause), so that it
     /// does not sleep through a ban that began while it waited.
     changed: Notify,
@@ -198,6 +200,7 @@ impl Politeness {
         Politeness {
             turn: Semaphore::new(1),
             waiting: AtomicUsize::new(0),
+            last_waited: AtomicBool::new(false),
             changed: Notify::new(),
             spacing,
             full,
@@ -244,6 +247,7 @@ impl Politeness {
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
+        let arrived = Instant::now();
         let _turn = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(GateError::Cancelled),
@@ -282,6 +286,9 @@ impl Politeness {
                                 g.departures.pop_front();
                             }
                             g.departures.push_back(now);
+                            // Released later than it came: the rate set its pace.
+                            let waited = now > arrived + Duration::from_millis(1);
+                            self.last_waited.store(waited, Ordering::Relaxed);
                             return Ok(());
                         }
                         due
@@ -297,10 +304,12 @@ impl Politeness {
         }
     }
 
-    /// Whether a request is waiting for its release now: the rate, not the server's
-    /// latency, sets the pace, and one more request in flight would not be answered sooner.
+    /// Whether the rate, not the server's latency, sets the pace: a request waits for its
+    /// release now, or the last one released had to wait. Then one more request in flight
+    /// would not be answered sooner. (A waiter now alone misses a limit that is just met:
+    /// between two releases nothing waits.)
     pub fn queueing(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+        self.waiting.load(Ordering::Relaxed) > 0 || self.last_waited.load(Ordering::Relaxed)
     }
 
     fn ban_error(&self, g: &Gates) -> Option<GateError> {
@@ -578,10 +587,11 @@ mod tests {
         assert_every_eight_span_the_window(&sent);
     }
 
-    /// Requests that wait for their release show as a queue, and only while they wait: the
-    /// engine splits windows only while nothing queues.
+    /// Requests that wait for their release show as a queue, and so does a rate just met
+    /// (the last release had to wait); a request released at once shows none: the engine
+    /// splits windows only then.
     #[tokio::test]
-    async fn the_queue_shows_while_requests_wait_for_their_release() {
+    async fn the_queue_shows_while_the_rate_sets_the_pace() {
         let p = std::sync::Arc::new(politeness());
         let cancel = CancellationToken::new();
         assert!(!p.queueing());
@@ -598,7 +608,11 @@ mod tests {
         for w in waiters {
             w.await.unwrap().unwrap();
         }
-        assert!(!p.queueing(), "every request was released");
+        assert!(p.queueing(), "the last release waited for its turn");
+        // Long after: released at once, nothing queues.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        p.acquire(&cancel).await.unwrap();
+        assert!(!p.queueing(), "a request released at once");
         // A waiter that gives up (cancelled) leaves the queue too.
         let stop = CancellationToken::new();
         let gives_up = {

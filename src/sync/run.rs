@@ -457,6 +457,7 @@ impl<S: Source> Run<'_, S> {
             planned = stats.planned,
             step_backs = stats.step_backs,
             splits = stats.splits,
+            ahead = stats.ahead,
             strays = stats.strays,
             "walk"
         );
@@ -508,7 +509,7 @@ impl<S: Source> Run<'_, S> {
                 }
                 // Another stream freed a slot while this one has a window waiting.
                 slot = slots.clone().acquire_owned(), if idle => {
-                    self.send(walk, tasks, slot.expect("the slots are never closed"))?;
+                    let _ = self.send(walk, tasks, slot.expect("the slots are never closed"))?;
                 }
             }
         }
@@ -523,8 +524,12 @@ impl<S: Source> Run<'_, S> {
         cancel: &CancellationToken,
     ) -> Result<(), SyncError> {
         let slots = self.engine.slots.clone();
-        while walk.has_idle() && !cancel.is_cancelled() {
-            let slot = if tasks.is_empty() {
+        while !cancel.is_cancelled() {
+            let waiting = walk.has_idle();
+            if !waiting && !walk.can_fetch_ahead() {
+                break;
+            }
+            let slot = if tasks.is_empty() && waiting {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     s = slots.clone().acquire_owned() => s.expect("the slots are never closed"),
@@ -535,7 +540,9 @@ impl<S: Source> Run<'_, S> {
                     Err(_) => break,
                 }
             };
-            self.send(walk, tasks, slot)?;
+            if !self.send(walk, tasks, slot)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -545,13 +552,21 @@ impl<S: Source> Run<'_, S> {
         walk: &mut Walk,
         tasks: &mut JoinSet<Fetched>,
         slot: OwnedSemaphorePermit,
-    ) -> Result<(), SyncError> {
-        // Splitting costs a request: only when a slot would otherwise stay free and the
-        // rate limit is not what holds requests back.
-        let may_split = self.engine.slots.available_permits() > 0 && !self.engine.source.queueing();
-        let (ticket, req) = match walk.next(may_split) {
+    ) -> Result<bool, SyncError> {
+        // Splitting and asking ahead cost requests: only when the rate limit is not what
+        // holds requests back (and, to split, a slot would otherwise stay free).
+        let rate_idle = !self.engine.source.queueing();
+        let may_split = rate_idle && self.engine.slots.available_permits() > 0;
+        let next = if walk.has_idle() {
+            walk.next(may_split)
+        } else if rate_idle {
+            Ok(walk.ahead())
+        } else {
+            Ok(None)
+        };
+        let (ticket, req) = match next {
             Ok(Some(next)) => next,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(false),
             Err(source) => {
                 return Err(SyncError::Walk {
                     endpoint: self.engine.source.endpoint(self.decl.name),
@@ -575,7 +590,7 @@ impl<S: Source> Run<'_, S> {
             let result = source.fetch(&req).await;
             (ticket, req, result, slot)
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Applies one answer to the walk; what it proved is committed by the caller.

@@ -33,6 +33,10 @@ const OVERLAP: u32 = 3;
 const SPLIT_MIN_PAGES: f64 = 3.0;
 /// Never ask for pages smaller than this after "ask for less".
 const MIN_PAGE: u32 = 10;
+/// Pages a walk by offset asks for ahead of its next one, at most. Each one past the end
+/// of the list is a request spent for nothing, so only a few, and only while the rate
+/// limit is idle (see [`Walk::ahead`]).
+const AHEAD_MAX: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct WalkSettings {
@@ -108,6 +112,8 @@ pub struct WalkStats {
     /// Items received in pages asked with an `updated_at` range.
     pub filtered: u64,
     pub splits: u64,
+    /// Pages asked for ahead of a walk by offset's next one (see [`Walk::ahead`]).
+    pub ahead: u64,
 }
 
 /// Strays are evidence that `filter[updated_at]` is not applied once there are at least this
@@ -136,6 +142,13 @@ struct Live {
     /// Items whose `updated_at` is below this cannot have raced the list.
     race_bound: i64,
     busy: Option<Ticket>,
+    /// Pages of a walk by offset asked for after the one in `busy`, in order, each planned
+    /// as if every page before it comes back full and nothing leaves the list meanwhile.
+    /// Each is applied in its turn, with the proof of any page: if items did leave, it
+    /// shows no overlap and the walk steps back.
+    ahead: Vec<Ticket>,
+    /// Answers to `ahead` that came before their turn.
+    early: HashMap<Ticket, (PageRequest, Page)>,
     overlap: u32,
     remaining: Option<f64>,
     /// Items the window's keyset walk has kept so far: with `from`, the window's average
@@ -159,6 +172,8 @@ impl Live {
             at,
             race_bound,
             busy: None,
+            ahead: Vec::new(),
+            early: HashMap::new(),
             overlap: OVERLAP,
             remaining: None,
             seen: 0,
@@ -398,13 +413,112 @@ impl Walk {
         Ok(Some((ticket, req)))
     }
 
+    /// A page of a walk by offset after those in flight, when no window waits and the rate
+    /// limit is idle: a crowded second (or a window walked by id) is one list, walked page
+    /// after page, and at high latency one page at a time leaves the limit unused. The
+    /// list is closed and can only shrink, so the next pages' offsets are known before the
+    /// answers come; each page still proves its continuity when its turn comes.
+    pub fn ahead(&mut self) -> Option<(Ticket, PageRequest)> {
+        let idx = self.windows.iter().position(|w| self.may_fetch_ahead(w))?;
+        let w = &self.windows[idx];
+        let last = w.ahead.last().or(w.busy.as_ref())?;
+        let last_req = match self.tickets.get(last) {
+            Some((_, req, _)) => req,
+            None => &w.early.get(last)?.0,
+        };
+        let mut at = w.at.clone();
+        let b = by_id_mut(&mut at)?;
+        // As if the page before came back full, its last item the tail.
+        *b = ById {
+            tail: Some(b.tail.unwrap_or(i64::MIN)),
+            next_offset: last_req.offset() + u64::from(last_req.limit),
+            exact: b.exact,
+        };
+        let req = plan::request(
+            &Target {
+                stream: self.stream,
+                from: w.from,
+                to: w.to,
+                at: &at,
+                limit: self.limit,
+                overlap: w.overlap,
+            },
+            w.frozen.as_ref()?,
+            &self.sent,
+        )?;
+        let wid = w.id;
+        let ticket = Ticket(self.id());
+        self.sent.insert(req.clone());
+        self.tickets.insert(ticket, (wid, req.clone(), false));
+        self.windows[idx].ahead.push(ticket);
+        self.stats.planned += 1;
+        self.stats.ahead += 1;
+        Some((ticket, req))
+    }
+
+    /// Whether a page could be asked for ahead now (see [`Walk::ahead`]).
+    pub fn can_fetch_ahead(&self) -> bool {
+        self.windows.iter().any(|w| self.may_fetch_ahead(w))
+    }
+
+    fn may_fetch_ahead(&self, w: &Live) -> bool {
+        let walking = matches!(
+            w.at,
+            Position::UpdatedSecond { .. } | Position::CreatedSecond { .. } | Position::ById { .. }
+        );
+        // Not beside a request for exactly one second: its answer may restart the walk.
+        let head_plain = w
+            .busy
+            .and_then(|t| self.tickets.get(&t))
+            .is_some_and(|(_, req, probe)| !probe && req.limit == self.limit);
+        // Only once the window is closed (its first answer fixed its upper end): before, an
+        // edit may still land inside it, and a page served before another one could hold an
+        // older version than the one that page skips as already stored.
+        // Only in a list long enough that more pages are likely (two full pages read), and
+        // calm (no step back yet): every page ahead past the end, or before a step back, is
+        // a request spent for nothing.
+        let long = by_id(&w.at).is_some_and(|b| b.next_offset >= 2 * u64::from(self.limit));
+        let calm = w.overlap == OVERLAP;
+        walking
+            && w.to.is_some()
+            && head_plain
+            && long
+            && calm
+            && w.frozen.is_some()
+            && w.ahead.len() < AHEAD_MAX
+    }
+
     /// The server asked for smaller pages (Kommo's 504): the window asks again for less.
     pub fn shrink(&mut self, ticket: Ticket) {
         if let Some((wid, req, _)) = self.tickets.remove(&ticket) {
             self.limit = self.limit.min((req.limit / 2).max(MIN_PAGE));
-            if let Some(w) = self.windows.iter_mut().find(|w| w.id == wid) {
-                w.busy = None;
+            if let Some(idx) = self.windows.iter().position(|w| w.id == wid) {
+                let w = &mut self.windows[idx];
+                match w.ahead.iter().position(|t| *t == ticket) {
+                    // A page ahead: it and those after it go; the walk asks again later.
+                    Some(i) => {
+                        let dropped: Vec<Ticket> = w.ahead.drain(i..).collect();
+                        for t in dropped {
+                            w.early.remove(&t);
+                            self.tickets.remove(&t);
+                        }
+                    }
+                    None => {
+                        w.busy = None;
+                        self.drop_ahead(idx);
+                    }
+                }
             }
+        }
+    }
+
+    /// Forgets the pages asked ahead for the window at `idx` (their answers, when they come,
+    /// prove nothing any more).
+    fn drop_ahead(&mut self, idx: usize) {
+        let w = &mut self.windows[idx];
+        w.early.clear();
+        for t in std::mem::take(&mut w.ahead) {
+            self.tickets.remove(&t);
         }
     }
 
@@ -419,6 +533,58 @@ impl Walk {
         let Some(idx) = self.windows.iter().position(|w| w.id == wid) else {
             return Ok(applied);
         };
+        if self.windows[idx].ahead.contains(&ticket) {
+            // Its turn comes after the page before it.
+            self.windows[idx].early.insert(ticket, (req, page));
+            return Ok(applied);
+        }
+        let mut idx = idx;
+        let mut next = Some((req, probe, page));
+        while let Some((req, probe, page)) = next.take() {
+            let before = self.windows[idx].at.clone();
+            let step_backs = self.stats.step_backs;
+            // The pages ahead were planned as if this one came back with all it asked for
+            // (a server's silent cap makes it shorter, and them misplaced).
+            let as_planned = page.records.len() == req.limit as usize;
+            let records = std::mem::take(&mut applied.records);
+            self.apply_page(idx, req, probe, page, &mut applied)?;
+            let mut kept = records;
+            kept.append(&mut applied.records);
+            applied.records = kept;
+            // The pages asked ahead go on in their turn while the walk goes on in the same
+            // list; after anything else (the list's end, a step back, a fallback) they
+            // prove nothing.
+            let Some(idx_now) = self.windows.iter().position(|w| w.id == wid) else {
+                break;
+            };
+            let w = &self.windows[idx_now];
+            let goes_on =
+                as_planned && same_list(&before, &w.at) && self.stats.step_backs == step_backs;
+            if !goes_on || w.ahead.is_empty() || w.busy.is_some() {
+                self.drop_ahead(idx_now);
+                break;
+            }
+            idx = idx_now;
+            let w = &mut self.windows[idx];
+            let head = w.ahead.remove(0);
+            w.busy = Some(head);
+            if let Some((req, page)) = w.early.remove(&head) {
+                self.tickets.remove(&head);
+                next = Some((req, false, page));
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies one page, in its turn, to the window at `idx`.
+    fn apply_page(
+        &mut self,
+        idx: usize,
+        req: PageRequest,
+        probe: bool,
+        page: Page,
+        applied: &mut Applied,
+    ) -> Result<(), WalkError> {
         self.windows[idx].busy = None;
         if self.windows[idx].to.is_none() {
             let server_time = page.server_time.ok_or(WalkError::NoServerTime)?;
@@ -441,7 +607,7 @@ impl Walk {
                 // The server's clock is behind what is stored (or the lag grew): nothing to
                 // do in this run.
                 self.windows.remove(idx);
-                return Ok(applied);
+                return Ok(());
             }
             w.to = Some(upper);
             w.race_bound = server_time;
@@ -468,7 +634,7 @@ impl Walk {
             // The second holds entities, yet asking for exactly it gave nothing: a bound
             // excludes its end. The walk of the second starts again, one second wider.
             self.learned.exact_failed = true;
-            return Ok(applied);
+            return Ok(());
         }
         let race_bound = self.windows[idx].race_bound;
         self.learned.learn(&req, &page.records, race_bound);
@@ -494,11 +660,11 @@ impl Walk {
         }
         applied.records = out.keep;
         let unhonoured = matches!(out.step, Step::Unhonoured { .. });
-        self.step(idx, out.step, out.remaining, out.split_at, &mut applied)?;
+        self.step(idx, out.step, out.remaining, out.split_at, applied)?;
         if !unhonoured && self.strays_prove_the_filter_off() {
-            self.turn_from_the_filter(&mut applied);
+            self.turn_from_the_filter(applied);
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// `filter[updated_at]` is not applied: walk from the newest down where the stream can
@@ -692,6 +858,7 @@ impl Walk {
                 continue;
             }
             let id = self.id();
+            self.drop_ahead(i);
             let w = &mut self.windows[i];
             w.id = id;
             w.busy = None;
@@ -788,6 +955,31 @@ impl Walk {
             ..Live::new(id, upper_from, Some(to), upper_at, race_bound)
         });
         self.stats.splits += 1;
+    }
+}
+
+/// Whether two positions walk one list by offset (the same bounds), so that pages asked
+/// for in one still count in the other.
+fn same_list(a: &Position, b: &Position) -> bool {
+    match (a, b) {
+        (
+            Position::UpdatedSecond { since, second, .. },
+            Position::UpdatedSecond {
+                since: s2,
+                second: x2,
+                ..
+            },
+        ) => since == s2 && second == x2,
+        (
+            Position::CreatedSecond { since, second, .. },
+            Position::CreatedSecond {
+                since: s2,
+                second: x2,
+                ..
+            },
+        ) => since == s2 && second == x2,
+        (Position::ById { .. }, Position::ById { .. }) => true,
+        _ => false,
     }
 }
 

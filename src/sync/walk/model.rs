@@ -417,6 +417,10 @@ enum RunEnd {
         step_backs: u64,
         /// Entities edited or deleted during the run (each can force at most a step back).
         churned: u64,
+        /// Pages asked for ahead (see `Walk::ahead`).
+        ahead: u64,
+        /// Windows split to be walked side by side.
+        splits: u64,
     },
     Failed(WalkError),
     Crashed,
@@ -463,7 +467,11 @@ fn run_once(
                 Ok(next) => next,
                 Err(e) => return RunEnd::Failed(e),
             };
-            let Some((t, req)) = next else { break };
+            // A free slot and no window waiting: a page ahead, as the run does while the
+            // rate limit is idle.
+            let Some((t, req)) = next.or_else(|| walk.ahead()) else {
+                break;
+            };
             assert!(
                 queries.insert(req.clone()),
                 "a query was sent twice in one run: {req:?}"
@@ -481,6 +489,8 @@ fn run_once(
                 step_backs: walk.stats().step_backs,
                 churned: m.churn_log.iter().filter(|t| **t >= churn_from).count() as u64
                     + 4 * resumed,
+                ahead: walk.stats().ahead,
+                splits: walk.stats().splits,
             };
         }
         assert!(requests < 20_000, "the walk does not end: {walk:?}");
@@ -583,6 +593,7 @@ fn check(s: &Scenario) -> Result<(), String> {
                 changed,
                 step_backs,
                 churned,
+                ..
             } => {
                 if step_backs > churned + s.behaviour.race.ceil() as u64 * requests {
                     return Err(format!(
@@ -1195,5 +1206,174 @@ mod found_churn {
         s.crowd_focus = 0.5037384220498503;
         s.crash = 0.035523984478382835;
         check(&s).unwrap();
+    }
+}
+/// Cases the search found while pages ahead (see `Walk::ahead`) were being built, kept as
+/// they were found.
+#[cfg(test)]
+mod ahead {
+    use super::*;
+    use crate::sync::walk::AHEAD_MAX;
+
+    fn ignoring(order_updated: bool, order_created: bool) -> Ignored {
+        Ignored {
+            order_updated,
+            order_created,
+            ..Ignored::default()
+        }
+    }
+
+    /// A walk by id from the run's first window, before its first answer fixed the window:
+    /// a page served before an edit, applied after a page that skipped the edited entity as
+    /// stored, left its older version in the mirror.
+    #[test]
+    fn no_page_is_asked_ahead_before_the_window_is_closed() {
+        let s = Scenario {
+            seed: 8210920751812029212,
+            kind: WalkKind::UpdatedAtKeyset,
+            entities: 111,
+            crowd: 71,
+            bulk: 0,
+            limit: 7,
+            lag: 2,
+            parallel: 3,
+            edit: 0.0,
+            create: 0.08893927996187617,
+            delete: 0.07350354767788714,
+            crowd_focus: 0.0,
+            crash: 0.0,
+            behaviour: Behaviour {
+                from_inclusive: false,
+                to_inclusive: false,
+                ims: Ims::Gt,
+                ignored: ignoring(true, false),
+                default_order: DefaultOrder::IdAsc,
+                delay: 0,
+                cap: None,
+                race: 0.05,
+            },
+        };
+        check(&s).unwrap();
+    }
+
+    /// A server that sends 50 items for a page of 60 puts every page asked ahead 10 items
+    /// too far: they are dropped, not taken as items that left the list.
+    #[test]
+    fn pages_ahead_of_a_silently_capped_page_are_dropped() {
+        let s = Scenario {
+            seed: 579292153207033228,
+            kind: WalkKind::CreatedAtInWindow,
+            entities: 57,
+            crowd: 0,
+            bulk: 10,
+            limit: 60,
+            lag: 2,
+            parallel: 2,
+            edit: 0.0,
+            create: 0.0,
+            delete: 0.0,
+            crowd_focus: 0.0,
+            crash: 0.0,
+            behaviour: Behaviour {
+                from_inclusive: false,
+                to_inclusive: false,
+                ims: Ims::Gt,
+                ignored: ignoring(false, true),
+                default_order: DefaultOrder::IdDesc,
+                delay: 0,
+                cap: Some(50),
+                race: 0.0,
+            },
+        };
+        check(&s).unwrap();
+    }
+
+    /// Heavy churn in a walk by id of the rest of a window, on small pages: pages ahead
+    /// dropped at each step back cost more than the walk is allowed.
+    #[test]
+    fn a_churning_list_is_not_fetched_ahead() {
+        let s = Scenario {
+            seed: 18039162781457916285,
+            kind: WalkKind::UpdatedAtKeyset,
+            entities: 343,
+            crowd: 0,
+            bulk: 0,
+            limit: 7,
+            lag: 2,
+            parallel: 3,
+            edit: 0.5446530039374391,
+            create: 0.1458134491706526,
+            delete: 0.01634118566016679,
+            crowd_focus: 0.0,
+            crash: 0.010900466786216402,
+            behaviour: Behaviour {
+                from_inclusive: false,
+                to_inclusive: true,
+                ims: Ims::Gt,
+                ignored: Ignored::default(),
+                default_order: DefaultOrder::IdAsc,
+                delay: 0,
+                cap: None,
+                race: 0.05,
+            },
+        };
+        check(&s).unwrap();
+    }
+
+    /// A crowd of many pages on a quiet account is walked with pages ahead, and costs no
+    /// more requests than one page at a time would.
+    #[test]
+    fn a_quiet_crowd_is_fetched_ahead_at_the_cost_of_its_end_only() {
+        let mut m_s = Scenario {
+            seed: 7,
+            kind: WalkKind::UpdatedAtKeyset,
+            entities: 400,
+            crowd: 300,
+            bulk: 0,
+            limit: 20,
+            lag: 2,
+            parallel: 4,
+            edit: 0.0,
+            create: 0.0,
+            delete: 0.0,
+            crowd_focus: 0.0,
+            crash: 0.0,
+            behaviour: Behaviour {
+                from_inclusive: true,
+                to_inclusive: true,
+                ims: Ims::Gt,
+                ignored: Ignored::default(),
+                default_order: DefaultOrder::IdAsc,
+                delay: 0,
+                cap: None,
+                race: 0.0,
+            },
+        };
+        check(&m_s).unwrap();
+        let ahead = |s: &Scenario| {
+            let mut m = Model::new(s);
+            let mut mirror = Mirror::default();
+            let mut stored =
+                serde_json::to_value(StoredCursor::from(Cursor::default())).expect("serializes");
+            match run_once(s, &mut m, &mut mirror, &mut stored, false) {
+                RunEnd::Done {
+                    requests,
+                    ahead,
+                    splits,
+                    ..
+                } => (requests, ahead, splits),
+                _ => panic!("a quiet run ends"),
+            }
+        };
+        let (side_by_side, asked_ahead, splits) = ahead(&m_s);
+        assert!(asked_ahead >= 5, "{asked_ahead} pages asked ahead");
+        m_s.parallel = 1;
+        let (one_at_a_time, _, _) = ahead(&m_s);
+        // Each part of a split window ends with a partial page; the pages ahead cost at
+        // most the ones past the crowd's end.
+        assert!(
+            side_by_side <= one_at_a_time + splits + AHEAD_MAX as u64,
+            "{side_by_side} requests side by side ({splits} splits), {one_at_a_time} one at a time"
+        );
     }
 }
