@@ -310,7 +310,12 @@ pub async fn upsert(
         .bind(rows.iter().map(|r| r.account_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.raw.clone()).collect::<Vec<_>>());
+        // By reference: a deep copy of every entity's JSON was a tenth of the write path.
+        .bind(
+            rows.iter()
+                .map(|r| sqlx::types::Json(&r.raw))
+                .collect::<Vec<_>>(),
+        );
     let cells: Vec<&Vec<Cell>> = rows.iter().map(|r| &r.cells).collect();
     q = bind_columns!(q, table.columns, cells);
     let changed: Vec<(i64, i64)> = q
