@@ -462,30 +462,21 @@ impl Walk {
     }
 
     fn may_fetch_ahead(&self, w: &Live) -> bool {
-        let walking = matches!(
-            w.at,
-            Position::UpdatedSecond { .. } | Position::CreatedSecond { .. } | Position::ById { .. }
-        );
         // Not beside a request for exactly one second: its answer may restart the walk.
         let head_plain = w
             .busy
             .and_then(|t| self.tickets.get(&t))
             .is_some_and(|(_, req, probe)| !probe && req.limit == self.limit);
+        // A walk by offset in a list long enough that more pages are likely (two full pages
+        // read), and calm (no step back yet): every page ahead past the end, or before a step
+        // back, is a request spent for nothing.
+        let long = by_id(&w.at).is_some_and(|b| b.next_offset >= 2 * u64::from(self.limit));
+        let calm = w.overlap == OVERLAP;
         // Only once the window is closed (its first answer fixed its upper end): before, an
         // edit may still land inside it, and a page served before another one could hold an
         // older version than the one that page skips as already stored.
-        // Only in a list long enough that more pages are likely (two full pages read), and
-        // calm (no step back yet): every page ahead past the end, or before a step back, is
-        // a request spent for nothing.
-        let long = by_id(&w.at).is_some_and(|b| b.next_offset >= 2 * u64::from(self.limit));
-        let calm = w.overlap == OVERLAP;
-        walking
-            && w.to.is_some()
-            && head_plain
-            && long
-            && calm
-            && w.frozen.is_some()
-            && w.ahead.len() < AHEAD_MAX
+        let closed = w.to.is_some();
+        long && calm && closed && head_plain && w.frozen.is_some() && w.ahead.len() < AHEAD_MAX
     }
 
     /// The server asked for smaller pages (Kommo's 504): the window asks again for less.

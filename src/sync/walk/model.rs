@@ -1215,11 +1215,32 @@ mod ahead {
     use super::*;
     use crate::sync::walk::AHEAD_MAX;
 
-    fn ignoring(order_updated: bool, order_created: bool) -> Ignored {
-        Ignored {
-            order_updated,
-            order_created,
-            ..Ignored::default()
+    /// A quiet account behind an API that honours everything; each case says how it differs.
+    fn quiet(seed: u64, kind: WalkKind) -> Scenario {
+        Scenario {
+            seed,
+            kind,
+            entities: 0,
+            crowd: 0,
+            bulk: 0,
+            limit: 7,
+            lag: 2,
+            parallel: 3,
+            edit: 0.0,
+            create: 0.0,
+            delete: 0.0,
+            crowd_focus: 0.0,
+            crash: 0.0,
+            behaviour: Behaviour {
+                from_inclusive: false,
+                to_inclusive: false,
+                ims: Ims::Gt,
+                ignored: Ignored::default(),
+                default_order: DefaultOrder::IdAsc,
+                delay: 0,
+                cap: None,
+                race: 0.0,
+            },
         }
     }
 
@@ -1228,30 +1249,21 @@ mod ahead {
     /// stored, left its older version in the mirror.
     #[test]
     fn no_page_is_asked_ahead_before_the_window_is_closed() {
+        let base = quiet(8210920751812029212, WalkKind::UpdatedAtKeyset);
         let s = Scenario {
-            seed: 8210920751812029212,
-            kind: WalkKind::UpdatedAtKeyset,
             entities: 111,
             crowd: 71,
-            bulk: 0,
-            limit: 7,
-            lag: 2,
-            parallel: 3,
-            edit: 0.0,
             create: 0.08893927996187617,
             delete: 0.07350354767788714,
-            crowd_focus: 0.0,
-            crash: 0.0,
             behaviour: Behaviour {
-                from_inclusive: false,
-                to_inclusive: false,
-                ims: Ims::Gt,
-                ignored: ignoring(true, false),
-                default_order: DefaultOrder::IdAsc,
-                delay: 0,
-                cap: None,
+                ignored: Ignored {
+                    order_updated: true,
+                    ..Ignored::default()
+                },
                 race: 0.05,
+                ..base.behaviour.clone()
             },
+            ..base
         };
         check(&s).unwrap();
     }
@@ -1260,30 +1272,22 @@ mod ahead {
     /// too far: they are dropped, not taken as items that left the list.
     #[test]
     fn pages_ahead_of_a_silently_capped_page_are_dropped() {
+        let base = quiet(579292153207033228, WalkKind::CreatedAtInWindow);
         let s = Scenario {
-            seed: 579292153207033228,
-            kind: WalkKind::CreatedAtInWindow,
             entities: 57,
-            crowd: 0,
             bulk: 10,
             limit: 60,
-            lag: 2,
             parallel: 2,
-            edit: 0.0,
-            create: 0.0,
-            delete: 0.0,
-            crowd_focus: 0.0,
-            crash: 0.0,
             behaviour: Behaviour {
-                from_inclusive: false,
-                to_inclusive: false,
-                ims: Ims::Gt,
-                ignored: ignoring(false, true),
+                ignored: Ignored {
+                    order_created: true,
+                    ..Ignored::default()
+                },
                 default_order: DefaultOrder::IdDesc,
-                delay: 0,
                 cap: Some(50),
-                race: 0.0,
+                ..base.behaviour.clone()
             },
+            ..base
         };
         check(&s).unwrap();
     }
@@ -1292,30 +1296,19 @@ mod ahead {
     /// dropped at each step back cost more than the walk is allowed.
     #[test]
     fn a_churning_list_is_not_fetched_ahead() {
+        let base = quiet(18039162781457916285, WalkKind::UpdatedAtKeyset);
         let s = Scenario {
-            seed: 18039162781457916285,
-            kind: WalkKind::UpdatedAtKeyset,
             entities: 343,
-            crowd: 0,
-            bulk: 0,
-            limit: 7,
-            lag: 2,
-            parallel: 3,
             edit: 0.5446530039374391,
             create: 0.1458134491706526,
             delete: 0.01634118566016679,
-            crowd_focus: 0.0,
             crash: 0.010900466786216402,
             behaviour: Behaviour {
-                from_inclusive: false,
                 to_inclusive: true,
-                ims: Ims::Gt,
-                ignored: Ignored::default(),
-                default_order: DefaultOrder::IdAsc,
-                delay: 0,
-                cap: None,
                 race: 0.05,
+                ..base.behaviour.clone()
             },
+            ..base
         };
         check(&s).unwrap();
     }
@@ -1324,30 +1317,18 @@ mod ahead {
     /// more requests than one page at a time would.
     #[test]
     fn a_quiet_crowd_is_fetched_ahead_at_the_cost_of_its_end_only() {
+        let base = quiet(7, WalkKind::UpdatedAtKeyset);
         let mut m_s = Scenario {
-            seed: 7,
-            kind: WalkKind::UpdatedAtKeyset,
             entities: 400,
             crowd: 300,
-            bulk: 0,
             limit: 20,
-            lag: 2,
             parallel: 4,
-            edit: 0.0,
-            create: 0.0,
-            delete: 0.0,
-            crowd_focus: 0.0,
-            crash: 0.0,
             behaviour: Behaviour {
                 from_inclusive: true,
                 to_inclusive: true,
-                ims: Ims::Gt,
-                ignored: Ignored::default(),
-                default_order: DefaultOrder::IdAsc,
-                delay: 0,
-                cap: None,
-                race: 0.0,
+                ..base.behaviour.clone()
             },
+            ..base
         };
         check(&m_s).unwrap();
         let ahead = |s: &Scenario| {
