@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::config::ImsMode;
 use crate::embeds::With;
 use crate::entity::Entity;
-use crate::faults::{Fault, TIMEOUT_HOLD};
+use crate::faults::{self, Fault, TIMEOUT_HOLD};
 use crate::limits::Admission;
 use crate::oauth::{AuthError, TokenRequest};
 use crate::problem::{self, HAL_JSON, PROBLEM_JSON};
@@ -45,9 +45,21 @@ pub async fn gateway(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             resp.headers_mut().insert(header::DATE, v);
         }
     }
-    lock(&sim.counters).status(resp.status().as_u16());
+    let status = resp.status().as_u16();
+    let mut c = lock(&sim.counters);
+    match resp.extensions().get::<Injected>() {
+        // The client never sees a status: nothing to count.
+        Some(Injected(Fault::Reset)) => {}
+        Some(_) => c.injected_status(status),
+        None => c.status(status),
+    }
+    drop(c);
     resp
 }
+
+/// Marks a response as an injected fault, so the counters can tell an injected 403 from a ban.
+#[derive(Clone, Copy)]
+struct Injected(Fault);
 
 async fn counted_request(sim: &Arc<Sim>, req: Request, path: &str, arrival: Instant) -> Response {
     let admission = {
@@ -95,8 +107,10 @@ async fn counted_request(sim: &Arc<Sim>, req: Request, path: &str, arrival: Inst
 
     let fault = lock(&sim.faults).take();
     if let Some(f) = fault {
-        lock(&sim.counters).c.faults_served += 1;
-        return fault_response(sim, f, req, path).await;
+        lock(&sim.counters).fault(&f.kind());
+        let mut resp = fault_response(sim, f, req, path).await;
+        resp.extensions_mut().insert(Injected(f));
+        return resp;
     }
     let (method, query, ims) = request_key_parts(&req);
     let resp = endpoint(sim, &req, path);
@@ -141,17 +155,32 @@ async fn fault_response(sim: &Arc<Sim>, f: Fault, req: Request, path: &str) -> R
         }
         Fault::Truncated200 => {
             let real = endpoint(sim, &req, path);
-            let bytes = to_bytes(real.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
+            let (_, bytes) = split(real).await;
             let cut = bytes.len() / 2;
-            let mut r = Response::new(Body::from(Bytes::copy_from_slice(&bytes[..cut])));
+            let mut r = Response::new(Body::from(bytes.slice(..cut)));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(HAL_JSON));
             r
         }
+        Fault::ResetBody => {
+            let real = endpoint(sim, &req, path);
+            faults::reset_mid_body(split(real).await.1)
+        }
+        Fault::Huge => {
+            let real = endpoint(sim, &req, path);
+            let (head, bytes) = split(real).await;
+            faults::padded(head, &bytes)
+        }
         other => other.simple_response(),
     }
+}
+
+/// An answer split into its head (an empty-bodied response) and its bytes. Takes the response,
+/// not the request: a `&Request` held across the `.await` would make the handler `!Send`.
+async fn split(real: Response) -> (Response, Bytes) {
+    let (parts, body) = real.into_parts();
+    let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    (Response::from_parts(parts, Body::empty()), bytes)
 }
 
 fn hal(v: &Value) -> Response {

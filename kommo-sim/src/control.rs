@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::config::{Bounds, DefaultOrder, IgnoredParam, ImsMode, TieOrder};
 use crate::embeds::With;
 use crate::entity::Entity;
-use crate::faults::Fault;
+use crate::faults::{Fault, FaultMix};
 use crate::mutator::MutatorConfig;
 use crate::reference::FieldType;
 use crate::sim::{lock, Sim};
@@ -33,6 +33,7 @@ pub fn router() -> Router<Arc<Sim>> {
         .route("/_sim/reference", post(reference))
         .route("/_sim/clock/advance", post(advance))
         .route("/_sim/faults", post(faults).delete(clear_faults))
+        .route("/_sim/faults/mix", post(fault_mix).delete(clear_fault_mix))
         .route("/_sim/ban", post(ban))
         .route("/_sim/settings", post(settings))
         .route("/_sim/race", post(race))
@@ -78,6 +79,7 @@ async fn health(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "link_bumps_updated_at": sim.link_bumps_updated_at(),
         "ban_remaining_secs": sim.ban_remaining().map(|d| d.as_secs_f64()),
         "faults_pending": lock(&sim.faults).pending(),
+        "fault_mix": sim.fault_mix().as_ref().map(mix_json),
         "mutator": mutator,
     }))
 }
@@ -216,8 +218,44 @@ async fn faults(State(sim): State<Arc<Sim>>, Json(f): Json<FaultReq>) -> Respons
     }
 }
 
+/// Clears the queue and the mix.
 async fn clear_faults(State(sim): State<Arc<Sim>>) -> Json<Value> {
     sim.clear_faults();
+    Json(json!({"ok": true}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultMixReq {
+    rate: f64,
+    kinds: Vec<String>,
+    #[serde(default)]
+    seed: u64,
+    /// For the kinds that take it, as in `POST /_sim/faults`.
+    retry_after: Option<u64>,
+}
+
+fn mix_json(m: &FaultMix) -> Value {
+    let kinds: Vec<String> = m.kinds.iter().map(Fault::kind).collect();
+    json!({"rate": m.rate, "kinds": kinds, "seed": m.seed})
+}
+
+/// `POST /_sim/faults/mix`: replaces the mix (its draws restart from the seed).
+async fn fault_mix(State(sim): State<Arc<Sim>>, Json(m): Json<FaultMixReq>) -> Response {
+    let mix = match FaultMix::parse(m.rate, &m.kinds, m.seed, m.retry_after) {
+        Ok(mix) => mix,
+        Err(e) => return bad(e.to_string()),
+    };
+    let shown = mix_json(&mix);
+    match sim.set_fault_mix(Some(mix)) {
+        Ok(()) => Json(json!({"ok": true, "mix": shown})).into_response(),
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+/// `DELETE /_sim/faults/mix`: stops the mix, leaving queued faults.
+async fn clear_fault_mix(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let _ = sim.set_fault_mix(None);
     Json(json!({"ok": true}))
 }
 

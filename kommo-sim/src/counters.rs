@@ -24,7 +24,7 @@ pub struct Counters {
     pub max_in_sliding_second: u32,
     /// 429 responses (rate limit, and injected 429 faults).
     pub too_many_requests: u64,
-    /// 403 responses (bans).
+    /// 403 responses of bans (injected 403s count in `faults_403_served` instead).
     pub forbidden: u64,
     /// GET requests that got data (200/204) for a (path, sorted query, If-Modified-Since)
     /// already served within the last 60 s of real time.
@@ -41,8 +41,12 @@ pub struct Counters {
     pub refresh_token_reuses: u64,
     /// Entities returned in list pages (a benchmark's "rows served").
     pub items_served: u64,
-    /// Requests answered with an injected fault.
+    /// Requests answered with an injected fault (queued or drawn by the mix).
     pub faults_served: u64,
+    /// Injected faults by kind name ("500", "timeout", "reset", ...; see `Fault::kind`).
+    pub faults_by_kind: BTreeMap<String, u64>,
+    /// Injected 403 answers (`html_403`, or a "403" status fault): a proxy's hiccup, not a ban.
+    pub faults_403_served: u64,
     /// List items edited between their page's selection and its rendering (racing edits).
     pub raced_items: u64,
 }
@@ -78,6 +82,23 @@ impl CounterState {
         match status {
             429 => self.c.too_many_requests += 1,
             403 => self.c.forbidden += 1,
+            _ => {}
+        }
+    }
+
+    /// Counts an injected fault of kind `kind` (its status comes later).
+    pub fn fault(&mut self, kind: &str) {
+        self.c.faults_served += 1;
+        *self.c.faults_by_kind.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Counts the status of an injected fault's response: like [`CounterState::status`], except
+    /// that a 403 is not a ban.
+    pub fn injected_status(&mut self, status: u16) {
+        *self.c.by_status.entry(status).or_default() += 1;
+        match status {
+            429 => self.c.too_many_requests += 1,
+            403 => self.c.faults_403_served += 1,
             _ => {}
         }
     }

@@ -3,7 +3,8 @@
 //! It is what the daemon's integration tests and benchmarks talk to instead of a real account,
 //! so it refuses what Kommo refuses (pages over 250, `order[updated_at]` on tasks, the 8th
 //! request in a second, a reused refresh token) and misbehaves the ways Kommo may (eventual
-//! consistency, shuffled ties, bans, 5xx, timeouts, truncated bodies). See `docs/simulator.md`.
+//! consistency, shuffled ties, bans, 5xx, timeouts, truncated bodies, resets, huge bodies).
+//! See `docs/simulator.md`.
 //!
 //! Crate map:
 //! - [`config`]: [`SimConfig`], [`AuthConfig`], [`ImsMode`], [`TieOrder`], and the list
@@ -15,8 +16,9 @@
 //! - [`store`]: entity version chains and delayed visibility; [`events`]: the event log.
 //! - [`links`]: lead–contact and company links; [`embeds`]: what `with=` adds to the JSON.
 //! - [`lifecycle`]: restores and merges; [`linking`]: link changes; [`stages`]: lead moves.
-//! - [`limits`]: sliding-window rate limit and ban; [`faults`]: injected failures;
-//!   [`counters`]: what was served; [`oauth`]: token grants.
+//! - [`limits`]: sliding-window rate limit and ban; [`faults`]: injected failures (queued, or
+//!   drawn at random by a seeded [`FaultMix`]); [`counters`]: what was served; [`oauth`]: token
+//!   grants.
 //! - [`query`]: list query parsing; [`api`]: the /api/v4 and /oauth2 surface;
 //!   [`control`]: /_sim endpoints; [`mutator`]: background churn; [`sim`]: the shared state.
 
@@ -59,7 +61,7 @@ pub use counters::Counters;
 pub use embeds::With;
 pub use entity::Entity;
 pub use events::{Event, StageMove};
-pub use faults::Fault;
+pub use faults::{Fault, FaultMix, FaultMixError};
 pub use links::{LeadContact, LinkSnapshot};
 pub use mutator::{Focus, MutatorConfig, MutatorHandle, MutatorStats};
 pub use reference::FieldType;

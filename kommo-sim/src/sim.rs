@@ -20,7 +20,7 @@ use crate::counters::{CounterState, Counters};
 use crate::embeds::{self, With};
 use crate::entity::Entity;
 use crate::events::{Event, EventLog};
-use crate::faults::{Fault, FaultQueue};
+use crate::faults::{Fault, FaultMix, FaultMixError, FaultQueue};
 use crate::limits::{LimitConfig, Limiter};
 use crate::links::{embedded_ids, Links};
 use crate::mutator::{MutatorConfig, MutatorHandle};
@@ -357,9 +357,21 @@ impl Sim {
         lock(&self.faults).push(fault, count);
     }
 
-    /// Drops every queued fault.
+    /// Drops every queued fault and the fault mix.
     pub fn clear_faults(&self) {
         lock(&self.faults).clear();
+    }
+
+    /// From now on, each /api request that passes ban, rate and auth checks while no queued
+    /// fault waits gets a fault of `mix.kinds` with probability `mix.rate`, drawn from
+    /// `mix.seed` afresh (`None` stops the mix). Refuses a rate outside 0..=1 or no kinds.
+    pub fn set_fault_mix(&self, mix: Option<FaultMix>) -> Result<(), FaultMixError> {
+        lock(&self.faults).set_mix(mix)
+    }
+
+    /// The fault mix in force.
+    pub fn fault_mix(&self) -> Option<FaultMix> {
+        lock(&self.faults).mix().cloned()
     }
 
     /// Answers 403 to everything for `d` (zero lifts a ban).

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use kommo_sim::{
-    AuthConfig, Bounds, DefaultOrder, Entity, Fault, Focus, IgnoredParam, ImsMode, MutatorConfig,
-    Param, Sim, SimConfig, SimServer, TieOrder, With,
+    AuthConfig, Bounds, DefaultOrder, Entity, Fault, FaultMix, FaultMixError, Focus, IgnoredParam,
+    ImsMode, MutatorConfig, Param, Sim, SimConfig, SimServer, TieOrder, With,
 };
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -791,6 +791,262 @@ async fn injected_faults() {
     assert!(err.is_timeout());
     let stopped = tokio::time::timeout(Duration::from_secs(8), t.server.stop()).await;
     assert!(stopped.is_ok(), "stop does not wait for held requests");
+}
+
+/// Sends an authorized GET and returns the status, or `None` when the client got no answer.
+async fn status_or_reset(t: &T, path: &str) -> Option<u16> {
+    let r = t
+        .http
+        .get(format!("{}{path}", t.server.base_url()))
+        .header("Authorization", TOKEN)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            // Read the body so that a broken one shows here too.
+            r.bytes().await.ok().map(|_| s)
+        }
+        Err(e) => {
+            assert!(e.status().is_none(), "{e:?}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reset_drops_the_connection_before_any_status() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    sim.inject(Fault::Reset, 1);
+    let err = t
+        .http
+        .get(format!("{}/api/v4/leads", t.server.base_url()))
+        .header("Authorization", TOKEN)
+        .send()
+        .await
+        .expect_err("no answer at all");
+    assert!(err.status().is_none());
+    assert!(err.is_request() && !err.is_timeout(), "{err:?}");
+
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200, "one reset only");
+    let c = sim.counters();
+    assert_eq!(c.requests, 2, "the client did not retry on its own");
+    assert_eq!(c.faults_served, 1);
+    assert_eq!(c.faults_by_kind["reset"], 1);
+    assert_eq!(
+        c.by_status.values().sum::<u64>(),
+        1,
+        "a reset has no status"
+    );
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_gives_200_then_a_body_error() {
+    let t = T::new(small()).await;
+    t.sim().inject(Fault::ResetBody, 1);
+    let r = t.get("/api/v4/leads?limit=250").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/hal+json");
+    let err = r.bytes().await.expect_err("the body breaks");
+    assert!(err.is_body() || err.is_decode(), "{err:?}");
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_answer_is_ten_megabytes_of_the_same_page() {
+    let t = T::new(small()).await;
+    let clean: Value = t.get("/api/v4/leads?limit=250").await.json().await.unwrap();
+    t.sim().inject(Fault::Huge, 1);
+    let r = t.get("/api/v4/leads?limit=250").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/hal+json");
+    let body = r.bytes().await.unwrap();
+    assert!(body.len() >= 10_000_000, "{} bytes", body.len());
+    let huge: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(huge["_embedded"], clean["_embedded"]);
+    assert_eq!(huge["_links"], clean["_links"]);
+    assert_eq!(t.sim().counters().faults_by_kind["huge"], 1);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn huge_junk_is_ten_megabytes_that_do_not_parse() {
+    let t = T::new(small()).await;
+    t.sim().inject(Fault::HugeJunk, 1);
+    let r = t.get("/api/v4/leads").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/hal+json");
+    let body = r.bytes().await.unwrap();
+    assert!(body.len() >= 10_000_000);
+    assert!(serde_json::from_slice::<Value>(&body).is_err());
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn an_injected_html_403_looks_like_a_ban_but_is_not_one() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    sim.inject(Fault::Html403, 1);
+    let r = t.get("/api/v4/leads").await;
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let injected = r.text().await.unwrap();
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200, "no ban started");
+    assert_eq!(sim.ban_remaining(), None);
+    let c = sim.counters();
+    assert_eq!((c.forbidden, c.faults_403_served), (0, 1));
+    assert_eq!(c.by_status[&403], 1);
+
+    // A real ban serves the same page and counts as a ban.
+    sim.ban_for(Duration::from_secs(60));
+    let r = t.get("/api/v4/leads").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.text().await.unwrap(), injected);
+    let c = sim.counters();
+    assert_eq!((c.forbidden, c.faults_403_served), (1, 1));
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fault_mix_fails_its_share_of_requests_repeatably() {
+    let t = T::new(small()).await;
+    let sim = t.sim();
+    sim.set_fault_mix(Some(FaultMix::new(1.0, vec![Fault::Status(503)], 1)))
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(t.get("/api/v4/leads").await.status(), 503);
+    }
+    sim.set_fault_mix(Some(FaultMix::new(0.0, vec![Fault::Status(503)], 1)))
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(t.get("/api/v4/leads").await.status(), 200);
+    }
+    // Queued faults come first.
+    sim.set_fault_mix(Some(FaultMix::new(1.0, vec![Fault::Status(503)], 1)))
+        .unwrap();
+    sim.inject(Fault::Status(502), 1);
+    assert_eq!(t.get("/api/v4/leads").await.status(), 502);
+    assert_eq!(t.get("/api/v4/leads").await.status(), 503);
+    let c = sim.counters();
+    assert_eq!(c.faults_served, 12);
+    assert_eq!(c.faults_by_kind["503"], 11);
+
+    let kinds = vec![
+        Fault::Status(500),
+        Fault::Status(504),
+        Fault::Reset,
+        Fault::ResetBody,
+    ];
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        sim.set_fault_mix(Some(FaultMix::new(0.5, kinds.clone(), 7)))
+            .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            seen.push(status_or_reset(&t, "/api/v4/leads?limit=5").await);
+        }
+        runs.push(seen);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same faults");
+    let ok = runs[0].iter().filter(|s| **s == Some(200)).count();
+    assert!((8..=32).contains(&ok), "about half faulted: {:?}", runs[0]);
+    assert!(runs[0].contains(&None), "resets among them: {:?}", runs[0]);
+
+    assert_eq!(
+        sim.set_fault_mix(Some(FaultMix::new(1.5, kinds, 7))),
+        Err(FaultMixError::Rate(1.5))
+    );
+    sim.clear_faults();
+    assert_eq!(sim.fault_mix(), None);
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_fault_mix_is_set_and_checked_over_http() {
+    let t = T::new(small()).await;
+    let base = t.server.base_url();
+    let send = |method: reqwest::Method, p: &str, body: Value| {
+        let http = t.http.clone();
+        let url = format!("{base}{p}");
+        async move {
+            let r = http.request(method, url).json(&body).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let post = |p: &'static str, body: Value| send(reqwest::Method::POST, p, body);
+    let health = || async {
+        let v: Value = t
+            .http
+            .get(format!("{base}/_sim/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["fault_mix"].clone()
+    };
+
+    let (s, v) = post("/_sim/faults/mix", json!({"rate": 1.5, "kinds": ["500"]})).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("1.5"), "{v}");
+    let (s, v) = post("/_sim/faults/mix", json!({"rate": 0.1, "kinds": []})).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("empty"), "{v}");
+    let (s, v) = post(
+        "/_sim/faults/mix",
+        json!({"rate": 0.1, "kinds": ["500", "resett"]}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("\"resett\""), "{v}");
+    assert_eq!(health().await, Value::Null, "nothing was set");
+
+    let (s, v) = post(
+        "/_sim/faults/mix",
+        json!({"rate": 1.0, "kinds": ["html_403", "huge_junk"], "seed": 7}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        health().await,
+        json!({"rate": 1.0, "kinds": ["html_403", "huge_junk"], "seed": 7})
+    );
+    let s = t.get("/api/v4/leads").await.status();
+    assert!(s == 403 || s == 200, "{s}");
+    let c: Value = t
+        .http
+        .get(format!("{base}/_sim/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["faults_served"], 1);
+    assert_eq!(c["faults_by_kind"].as_object().unwrap().len(), 1);
+
+    let (s, _) = send(reqwest::Method::DELETE, "/_sim/faults", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        health().await,
+        Value::Null,
+        "DELETE /_sim/faults clears the mix"
+    );
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200);
+
+    post("/_sim/faults/mix", json!({"rate": 1.0, "kinds": ["502"]})).await;
+    let (s, _) = send(reqwest::Method::DELETE, "/_sim/faults/mix", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(t.get("/api/v4/leads").await.status(), 200);
+    t.server.stop().await;
 }
 
 #[tokio::test]
